@@ -1,0 +1,82 @@
+"""`infer()`: DataFrame in, DataFrame out, in any mode."""
+
+from __future__ import annotations
+
+from hybrid_infer.decode import Preprocess
+from hybrid_infer.errors import ConfigurationError, InputError
+from hybrid_infer.models import ModelSpec
+from hybrid_infer.pool.actor import RequestOptions
+from hybrid_infer.pool.settings import PoolSettings
+
+MODES = ("hybrid", "udf")
+
+
+def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
+          mode: str = "hybrid", input_col: str | None = None,
+          id_cols: list[str] | None = None, top_k: int = 0,
+          preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
+          batch_size: int | None = None, ray_address: str | None = None,
+          rows_per_batch: int = 64, loader_workers: int = 0,
+          allow_pickle: bool = False):
+    """Run an image model over `df` and return DataFrame(id_cols..., prediction, error).
+
+    model: a torchvision name or a ModelSpec. weights: "random" (seeded) or a local
+    state_dict file. input_col: the binary column (default: "content", or the only
+    binary column). id_cols: columns carried through to identify rows (default: every
+    other column). mode: "hybrid" (the warm Ray actor pool; Ray is joined at
+    `ray_address`, or started locally when none is running) or "udf" (the pandas-UDF
+    baseline). batch_size overrides pool.batch_size, the model's batch size.
+    Every input row comes back exactly once; `error` holds the reason when it failed.
+    """
+    if mode not in MODES:
+        raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(
+        model, weights=weights, seed=seed, allow_pickle=allow_pickle)
+    settings = pool or PoolSettings()
+    if batch_size is not None:
+        settings = PoolSettings(**{**settings.__dict__, "batch_size": batch_size})
+    input_col = input_col or _default_input_col(df)
+    id_cols = _resolve_id_cols(df, input_col, id_cols)
+    options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k)
+
+    if mode == "udf":
+        from hybrid_infer.modes.udf import run_udf
+
+        return run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols, options=options,
+                       batch_size=settings.batch_size, loader_workers=loader_workers)
+
+    from hybrid_infer.modes.hybrid import run_hybrid
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.runtime import connect_ray
+
+    gcs_address, _ = connect_ray(ray_address)
+    warm_pool = Pool.get_or_create(spec, settings)
+    return run_hybrid(df, pool=warm_pool, ray_address=gcs_address, input_col=input_col,
+                      id_cols=id_cols, options=options, rows_per_batch=rows_per_batch,
+                      max_in_flight=settings.max_in_flight,
+                      timeout_s=settings.batch_timeout_s)
+
+
+def _default_input_col(df) -> str:
+    from pyspark.sql.types import BinaryType
+
+    binary = [f.name for f in df.schema.fields if isinstance(f.dataType, BinaryType)]
+    if "content" in binary:
+        return "content"
+    if len(binary) == 1:
+        return binary[0]
+    raise InputError(f"cannot tell which column holds the image bytes (binary columns: "
+                     f"{binary or 'none'}): pass input_col=")
+
+
+def _resolve_id_cols(df, input_col: str, id_cols: list[str] | None) -> list[str]:
+    from hybrid_infer.sources import check_binary_column
+
+    check_binary_column(df, input_col)
+    names = df.columns
+    if id_cols is None:
+        return [name for name in names if name != input_col]
+    missing = [name for name in id_cols if name not in names]
+    if missing:
+        raise InputError(f"id column(s) {missing} not found; the input has {names}")
+    return list(id_cols)

@@ -1,0 +1,97 @@
+"""Bytes -> model-ready tensors, with a short per-row reason when a value is not an image.
+
+Both the baseline UDF and the pool's actors decode through `ImageDecoder`, so every
+mode sees the same pixels and the modes' predictions can be compared exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Images with more pixels than this are refused before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class DecodeError(ValueError):
+    """A row's value cannot become a model input; str(error) is the per-row reason."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The torchvision ImageNet transform by default: Resize, CenterCrop, ToTensor, Normalize."""
+
+    resize: int = 224
+    crop: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def transform(self):
+        from torchvision import transforms
+
+        return transforms.Compose([
+            transforms.Resize(self.resize),
+            transforms.CenterCrop(self.crop),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+
+class ImageDecoder:
+    """Callable bytes -> CHW float tensor; raises DecodeError with the reason."""
+
+    def __init__(self, preprocess: Preprocess | None = None):
+        self.preprocess = preprocess or Preprocess()
+        self._transform = self.preprocess.transform()
+
+    def __call__(self, data):
+        return self._transform(open_rgb(data, self.preprocess.max_pixels))
+
+
+def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode image bytes to an RGB PIL image (first frame of an animation)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if data is None:
+        raise DecodeError("null value")
+    if len(data) == 0:
+        raise DecodeError("empty value (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"image too large: {exc}") from None
+    except OSError as exc:
+        raise DecodeError(f"corrupt image header: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels exceeds the "
+            f"limit of {max_pixels} (raise max_pixels to accept it)"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: convert("RGB") would clip at 255; scale 0..65535 to 0..255.
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if pixels.max(initial=0) > 255 or image.mode != "I" else 1.0
+        grey = np.clip(np.rint(pixels / scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")

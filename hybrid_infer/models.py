@@ -1,0 +1,103 @@
+"""Where a model comes from: one ModelSpec names the architecture and its weights.
+
+A ModelSpec is small and picklable: it travels to Spark tasks and Ray actors, which
+rebuild the module from it. The weights themselves travel separately (see weights.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from hybrid_infer.errors import ModelError
+
+#: torchvision classification models the engine knows by name.
+SUPPORTED_MODELS = (
+    "resnet18", "resnet34", "resnet50", "resnet101",
+    "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
+)
+
+RANDOM_WEIGHTS = "random"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A torchvision architecture plus where its weights come from.
+
+    weights: "random" (initialised from `seed`, for tests and demos: no hub is reachable)
+    or the path of a local checkpoint holding a state_dict (.pt/.pth saved with
+    torch.save, or .safetensors). Checkpoints are loaded with ``weights_only=True``;
+    ``allow_pickle=True`` lifts that for trusted files only (it can run arbitrary code).
+    """
+
+    name: str
+    weights: str = RANDOM_WEIGHTS
+    seed: int = 0
+    num_classes: int = 1000
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        if self.name not in SUPPORTED_MODELS:
+            raise ModelError(
+                f"unknown model {self.name!r}: use one of {', '.join(SUPPORTED_MODELS)}"
+            )
+        if self.weights != RANDOM_WEIGHTS and not os.path.isfile(self.weights):
+            raise ModelError(
+                f"weights file {self.weights!r} does not exist: pass the path of a saved "
+                f"state_dict (.pt, .pth or .safetensors) or {RANDOM_WEIGHTS!r}"
+            )
+
+    @property
+    def identity(self) -> str:
+        """What the architecture is, independent of the weight values."""
+        return f"torchvision:{self.name}:{self.num_classes}"
+
+    def build_module(self, *, on_meta: bool = False):
+        """A fresh module with this architecture; on_meta skips allocating weights."""
+        import torch
+        import torchvision
+
+        constructor = getattr(torchvision.models, self.name)
+        if on_meta:
+            with torch.device("meta"):
+                return constructor(weights=None, num_classes=self.num_classes)
+        return constructor(weights=None, num_classes=self.num_classes)
+
+    def load_state_dict(self) -> dict:
+        """The weights as a state_dict of CPU tensors."""
+        import torch
+
+        if self.weights == RANDOM_WEIGHTS:
+            torch.manual_seed(self.seed)
+            return self.build_module().state_dict()
+        return load_checkpoint(self.weights, allow_pickle=self.allow_pickle)
+
+    def load_module(self):
+        """The module with its weights, in eval mode (what a direct PyTorch user runs)."""
+        module = self.build_module(on_meta=True)
+        module.load_state_dict(self.load_state_dict(), assign=True)
+        return module.eval()
+
+
+def load_checkpoint(path: str, *, allow_pickle: bool = False) -> dict:
+    """Read a state_dict from a .safetensors or torch.save file without running code."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as exc:
+        hint = ("" if allow_pickle else " If the file is trusted and holds pickled objects, "
+                "pass allow_pickle=True (--allow-pickle): that can run arbitrary code.")
+        raise ModelError(f"could not load checkpoint {path!r}: {exc}.{hint}") from exc
+    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ModelError(
+            f"checkpoint {path!r} holds a {type(loaded).__name__}, not a state_dict: save "
+            "it with torch.save(model.state_dict(), path)"
+        )
+    return loaded

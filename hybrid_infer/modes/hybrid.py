@@ -1,0 +1,63 @@
+"""The `hybrid` mode: Spark tasks stream Arrow batches to the warm actor pool.
+
+Each task joins the Ray cluster once per Python worker, slices its Arrow batches to a
+bounded size, ships only the input column to the pool, and glues the identity columns
+back onto the results it gets, so row identity never leaves the task.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from hybrid_infer.output import result_spark_ddl
+from hybrid_infer.runtime import NAMESPACE
+
+
+def _join_ray(address: str) -> None:
+    """Connect this Spark Python worker to the pool's Ray cluster (once per process)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+
+def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str],
+               options, rows_per_batch: int = 64, max_in_flight: int = 2,
+               timeout_s: float = 600.0):
+    """df -> DataFrame(id_cols..., prediction, error[, top_k]) through `pool`."""
+    pool_name = pool.name
+    id_schema = df.select(*id_cols).schema
+    out_ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in id_schema.fields)
+    out_ddl = (out_ddl + ", " if out_ddl else "") + result_spark_ddl(options.top_k)
+
+    def infer_partition(batches):
+        from hybrid_infer.pool.dispatch import Dispatcher
+        from hybrid_infer.pool.registry import Pool
+
+        _join_ray(ray_address)
+        dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
+                                timeout_s=timeout_s)
+        slices = _slices(batches, rows_per_batch)
+        pending_ids: list[pa.RecordBatch] = []
+
+        def payloads():
+            for piece in slices:
+                pending_ids.append(piece.select(id_cols))
+                yield piece.select([input_col])
+
+        for result in dispatcher.map(payloads()):
+            ids = pending_ids.pop(0)
+            yield pa.RecordBatch.from_arrays(
+                list(ids.columns) + list(result.columns),
+                names=list(ids.schema.names) + list(result.schema.names))
+
+    return df.select(*id_cols, input_col).mapInArrow(infer_partition, out_ddl)
+
+
+def _slices(batches, rows: int):
+    for batch in batches:
+        for offset in range(0, batch.num_rows, rows):
+            yield batch.slice(offset, rows)

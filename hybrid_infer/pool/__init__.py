@@ -1,0 +1,1 @@
+"""The warm actor pool: settings/key, actor + pipeline + runner, registry, dispatch."""

@@ -1,0 +1,128 @@
+"""InferenceActor: a long-lived Ray actor holding one model and its pipeline.
+
+It builds its module around the object store's copy of the weights (no file read, no
+pickled nn.Module), then serves `infer` calls: one Arrow batch of image bytes in, one
+Arrow batch of `prediction` / `error` (/ `top_k`) out, same rows, same order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from hybrid_infer.decode import ImageDecoder, Preprocess
+from hybrid_infer.output import result_batch
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-job choices that do not change the loaded model."""
+
+    preprocess: Preprocess = Preprocess()
+    top_k: int = 0
+
+
+class InferenceActor:
+    """Wrapped with ray.remote by the registry; plain class so it can be read and tested."""
+
+    def __init__(self, spec, weights, settings, pool_name: str, index: int):
+        import torch
+
+        from hybrid_infer.pool.pipeline import InferencePipeline
+        from hybrid_infer.pool.runner import ModelRunner
+        from hybrid_infer.weights import module_from_arrays
+
+        started = time.time()
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 1))
+        torch.set_num_threads(threads)
+        self.pool_name = pool_name
+        self.index = index
+        self.settings = settings
+        # `weights` arrives resolved by Ray: read-only arrays over the node's shared copy.
+        self._weights = weights
+        module = module_from_arrays(spec, weights)
+        self.runner = ModelRunner(module, settings.device, settings.precision,
+                                  settings.channels_last)
+        self.pipeline = InferencePipeline(self.runner, settings.batch_size,
+                                          settings.decode_threads)
+        self._decoders: dict[Preprocess, ImageDecoder] = {}
+        self.model_loads = 1
+        self.load_seconds = time.time() - started
+        self.started_at = started
+
+    def infer(self, batch: pa.RecordBatch, options: RequestOptions = RequestOptions()):
+        """Predict for every row of a one-column batch of bytes; same row count back."""
+        decoder = self._decoders.get(options.preprocess)
+        if decoder is None:
+            decoder = self._decoders.setdefault(options.preprocess,
+                                                ImageDecoder(options.preprocess))
+        values = batch.column(0).to_pylist()
+        outputs, errors = self.pipeline.run(values, decoder, self.settings.batch_timeout_s)
+        if outputs is None:
+            outputs = np.zeros((len(values), 0), dtype=np.float32)
+        return result_batch(outputs, errors, options.top_k)
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> dict:
+        import ray
+
+        context = ray.get_runtime_context()
+        stats = self.pipeline.stats
+        return {
+            "index": self.index,
+            "actor_id": context.get_actor_id(),
+            "node_id": context.get_node_id(),
+            "pid": os.getpid(),
+            "device": self.runner.device,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model_loads": self.model_loads,
+            "load_seconds": round(self.load_seconds, 3),
+            "requests": stats.requests,
+            "batches": stats.batches,
+            "rows": stats.rows,
+            "decode_errors": stats.decode_errors,
+            "split_retries": stats.split_retries,
+            "model_seconds": round(stats.model_seconds, 3),
+            "last_used": stats.last_used,
+        }
+
+    def weight_storage(self) -> dict:
+        """Where the module's CPU weights live: the mapped files holding their memory.
+
+        Used to prove sharing: object-store-backed weights sit in the plasma store's
+        shared mapping, not in this process's private heap.
+        """
+        regions = _memory_regions()
+        backing: dict[str, int] = {}
+        params = list(self.runner.module.parameters())
+        for tensor in params:
+            if tensor.device.type != "cpu":
+                backing["<device>"] = backing.get("<device>", 0) + tensor.nbytes
+                continue
+            backing_file = _region_of(regions, tensor.data_ptr())
+            backing[backing_file] = backing.get(backing_file, 0) + tensor.nbytes
+        return {"pid": os.getpid(), "backing": backing,
+                "param_bytes": sum(t.nbytes for t in params)}
+
+
+def _memory_regions() -> list[tuple[int, int, str]]:
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            regions.append((start, end, parts[5] if len(parts) > 5 else "<anonymous>"))
+    return regions
+
+
+def _region_of(regions, address: int) -> str:
+    for start, end, name in regions:
+        if start <= address < end:
+            return name
+    return "<unmapped>"

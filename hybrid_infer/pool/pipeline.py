@@ -1,0 +1,169 @@
+"""The DataLoader-style pipeline inside one actor.
+
+Rows of every request (one Arrow batch each) are decoded in parallel by a thread pool
+(PIL releases the GIL), queued, and re-batched to the model's batch size by a single
+model thread, whatever the Arrow batch sizes. Decoding runs ahead of the model by at
+most `prefetch` rows, so the next batch is ready while the current one computes and
+memory stays bounded. Each row's logits or error go back to the request it came from.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybrid_infer.decode import DecodeError
+
+
+class _Request:
+    """One caller's rows: results fill in as model batches finish."""
+
+    def __init__(self, n_rows: int, num_outputs: int | None):
+        self.n_rows = n_rows
+        self.errors: list[str | None] = [None] * n_rows
+        self.outputs: np.ndarray | None = None
+        self._remaining = n_rows
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if n_rows == 0:
+            self.done.set()
+
+    def _finish_rows(self, count: int) -> None:
+        with self._lock:
+            self._remaining -= count
+            if self._remaining == 0:
+                self.done.set()
+
+    def set_outputs(self, indices: list[int], rows: np.ndarray) -> None:
+        with self._lock:
+            if self.outputs is None:
+                self.outputs = np.zeros((self.n_rows, rows.shape[1]), dtype=np.float32)
+            self.outputs[indices] = rows
+        self._finish_rows(len(indices))
+
+    def set_error(self, index: int, reason: str) -> None:
+        self.errors[index] = reason
+        self._finish_rows(1)
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0          # model forward passes
+    rows: int = 0             # rows that reached the model
+    decode_errors: int = 0
+    model_seconds: float = 0.0
+    split_retries: int = 0
+    requests: int = 0
+    last_used: float = field(default_factory=time.time)
+
+
+class InferencePipeline:
+    """Parallel decode -> re-batch -> model, shared by concurrent requests.
+
+    run_model: callable(list of CHW tensors) -> np.ndarray (n, outputs). When it raises
+    (e.g. out of memory), the batch is split in halves and retried down to single rows;
+    a row that still fails gets the error as its reason.
+    """
+
+    def __init__(self, run_model, batch_size: int, decode_threads: int = 2,
+                 prefetch_batches: int = 2):
+        self._run_model = run_model
+        self.batch_size = batch_size
+        self.stats = PipelineStats()
+        self._decode_pool = ThreadPoolExecutor(max(1, decode_threads),
+                                               thread_name_prefix="decode")
+        self._ready: queue.Queue = queue.Queue()
+        # Decoding may run at most this many rows ahead of the model.
+        self._prefetch = threading.BoundedSemaphore(batch_size * max(1, prefetch_batches))
+        self._decoding = 0
+        self._decoding_lock = threading.Lock()
+        self._model_thread = threading.Thread(target=self._model_loop, name="model",
+                                              daemon=True)
+        self._model_thread.start()
+
+    def run(self, values: list, decode, timeout: float | None = None):
+        """Decode and infer `values`; returns (outputs (n, k) or None, errors list)."""
+        request = _Request(len(values), None)
+        self.stats.requests += 1
+        self.stats.last_used = time.time()
+        for index, value in enumerate(values):
+            with self._decoding_lock:
+                self._decoding += 1
+            self._decode_pool.submit(self._decode_one, request, index, value, decode)
+        if not request.done.wait(timeout):
+            raise TimeoutError(f"batch of {len(values)} rows not done within {timeout} s")
+        self.stats.last_used = time.time()
+        return request.outputs, request.errors
+
+    def _decode_one(self, request: _Request, index: int, value, decode) -> None:
+        self._prefetch.acquire()
+        try:
+            tensor = decode(value)
+        except DecodeError as exc:
+            self._prefetch.release()
+            self.stats.decode_errors += 1
+            request.set_error(index, str(exc))
+        except Exception as exc:  # a decoder bug must not lose the row
+            self._prefetch.release()
+            self.stats.decode_errors += 1
+            request.set_error(index, f"decode failed: {type(exc).__name__}: {exc}")
+        else:
+            self._ready.put((request, index, tensor))
+        finally:
+            with self._decoding_lock:
+                self._decoding -= 1
+
+    def _next_batch(self) -> list:
+        items = [self._ready.get()]
+        while len(items) < self.batch_size:
+            try:
+                items.append(self._ready.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            with self._decoding_lock:
+                still_decoding = self._decoding > 0
+            if not still_decoding:
+                break
+            try:  # rows are on their way: wait for them rather than run a short batch
+                items.append(self._ready.get(timeout=0.05))
+            except queue.Empty:
+                continue
+        return items
+
+    def _model_loop(self) -> None:
+        while True:
+            items = self._next_batch()
+            for _ in items:
+                self._prefetch.release()
+            self._infer_items(items)
+
+    def _infer_items(self, items: list) -> None:
+        started = time.perf_counter()
+        try:
+            outputs = self._run_model([tensor for _, _, tensor in items])
+        except Exception as exc:
+            if len(items) > 1:
+                self.stats.split_retries += 1
+                middle = len(items) // 2
+                self._infer_items(items[:middle])
+                self._infer_items(items[middle:])
+            else:
+                request, index, _ = items[0]
+                request.set_error(index, f"model failed: {type(exc).__name__}: {exc}"[:500])
+            return
+        self.stats.model_seconds += time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.rows += len(items)
+        by_request: dict[int, tuple[_Request, list[int], list[int]]] = {}
+        for position, (request, index, _) in enumerate(items):
+            entry = by_request.setdefault(id(request), (request, [], []))
+            entry[1].append(index)
+            entry[2].append(position)
+        for request, indices, positions in by_request.values():
+            request.set_outputs(indices, outputs[positions])

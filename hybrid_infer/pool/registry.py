@@ -1,0 +1,275 @@
+"""Named, detached pools: get-or-create by key, status, scale, heal, idle timeout, stop.
+
+A pool is a detached `PoolManager` actor named after the PoolKey, in the engine's own
+namespace, plus its InferenceActors. The manager owns the object-store copy of the
+weights (the manager puts it), so the copy lives exactly as long as the pool,
+whichever driver created it. A second job with the same key finds the manager by name
+and reuses its warm actors; a job with a different model or weights gets its own pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from hybrid_infer.errors import PoolError
+from hybrid_infer.pool.settings import PoolKey, PoolSettings
+from hybrid_infer.runtime import NAMESPACE
+
+POOL_PREFIX = "pool-"
+
+
+class PoolManager:
+    """The pool's control plane (a detached Ray actor). Holds no model itself."""
+
+    def __init__(self, key: PoolKey, spec, settings: PoolSettings):
+        self.key = key
+        self.spec = spec
+        self.settings = settings
+        self.created_at = time.time()
+        self._weights_ref = None
+        self._weights_bytes = 0
+        self._actors: list = []
+        self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
+        self._lock = threading.RLock()
+        self._replaced = 0
+        self._stopping = False
+        if settings.idle_timeout_s:
+            threading.Thread(target=self._idle_reaper, daemon=True).start()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def is_started(self) -> bool:
+        return self._weights_ref is not None
+
+    def start(self, weights_arrays: dict, num_actors: int) -> list:
+        """Put the weights into the object store (owned here) and start the actors.
+
+        The ref is owned by this detached actor, so the one copy outlives the driver
+        that sent it; the driver's argument copy is freed when this call returns.
+        """
+        import ray
+
+        from hybrid_infer.weights import nbytes
+
+        with self._lock:
+            if self._weights_ref is None:
+                self._weights_ref = ray.put(weights_arrays)
+                self._weights_bytes = nbytes(weights_arrays)
+            self._scale_locked(num_actors)
+            return list(self._actors)
+
+    def actors(self) -> list:
+        with self._lock:
+            return list(self._actors)
+
+    def heal(self) -> list:
+        """Replace actors that died; returns the live set."""
+        import ray
+
+        with self._lock:
+            pings = [(actor, actor.ping.remote()) for actor in self._actors]
+            live = []
+            for actor, ping in pings:
+                try:
+                    ray.get(ping, timeout=30)
+                    live.append(actor)
+                except Exception:
+                    self._replaced += 1
+            wanted = len(self._actors)
+            self._actors = live
+            self._scale_locked(wanted)
+            return list(self._actors)
+
+    def scale(self, num_actors: int) -> list:
+        with self._lock:
+            self._scale_locked(num_actors)
+            return list(self._actors)
+
+    def _scale_locked(self, num_actors: int) -> None:
+        import ray
+
+        if self._weights_ref is None:
+            raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
+        while len(self._actors) > num_actors:
+            ray.kill(self._actors.pop())
+        used = {self._index_of(a) for a in self._actors}
+        index = 0
+        new = []
+        while len(self._actors) + len(new) < num_actors:
+            while index in used:
+                index += 1
+            used.add(index)
+            new.append(self._spawn(index))
+        if new:  # wait until they have loaded: a job should not race the model load
+            ray.get([actor.ping.remote() for actor in new])
+            self._actors.extend(new)
+
+    def _index_of(self, actor) -> int:
+        return self._indices.get(actor._actor_id.hex(), -1)
+
+    def _spawn(self, index: int):
+        import ray
+
+        from hybrid_infer.pool.actor import InferenceActor
+
+        settings = self.settings
+        num_gpus = settings.num_gpus_per_actor
+        if num_gpus is None:
+            num_gpus = 1 if settings.device in ("auto", "cuda") and _cluster_gpus() else 0
+        remote_cls = ray.remote(InferenceActor).options(
+            name=f"{self.key.name}-actor-{index}",
+            namespace=NAMESPACE,
+            lifetime="detached",
+            num_cpus=settings.num_cpus_per_actor,
+            num_gpus=num_gpus,
+            max_concurrency=64,
+            max_restarts=0,
+            scheduling_strategy="SPREAD",
+        )
+        actor = remote_cls.remote(self.spec, self._weights_ref, settings, self.key.name, index)
+        self._indices[actor._actor_id.hex()] = index
+        return actor
+
+    def stop(self) -> int:
+        """Kill every actor, then this manager. Returns how many actors were killed."""
+        import ray
+
+        with self._lock:
+            self._stopping = True
+            count = len(self._actors)
+            for actor in self._actors:
+                ray.kill(actor, no_restart=True)
+            self._actors = []
+            self._weights_ref = None
+        return count
+
+    def _idle_reaper(self) -> None:
+        import ray
+
+        period = min(30.0, max(1.0, self.settings.idle_timeout_s / 4))
+        while not self._stopping:
+            time.sleep(period)
+            try:
+                statuses = ray.get([a.status.remote() for a in self.actors()], timeout=30)
+            except Exception:
+                continue
+            last_used = max([s["last_used"] for s in statuses], default=self.created_at)
+            if time.time() - max(last_used, self.created_at) > self.settings.idle_timeout_s:
+                self.stop()
+                ray.kill(ray.get_runtime_context().current_actor)
+                return
+
+    # -- reporting -------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"name": self.key.name, "key": self.key, "spec": self.spec,
+                "settings": self.settings, "created_at": self.created_at,
+                "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced}
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0)
+
+
+class Pool:
+    """Driver-side handle on a named pool. Create with `Pool.get_or_create`."""
+
+    def __init__(self, manager, name: str):
+        self._manager = manager
+        self.name = name
+
+    # -- finding and creating ----------------------------------------------------------
+    @classmethod
+    def get_or_create(cls, spec, settings: PoolSettings | None = None) -> "Pool":
+        """The warm pool for (spec, settings), or a new one. Ray must be connected."""
+        import ray
+
+        from hybrid_infer.weights import state_dict_to_arrays, weights_digest
+
+        settings = settings or PoolSettings()
+        key = PoolKey(spec.identity, weights_digest(spec), settings.compute_settings())
+        manager = ray.remote(PoolManager).options(
+            name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+            num_cpus=0, max_concurrency=16, max_restarts=0,
+        ).remote(key, spec, settings)
+        pool = cls(manager, key.name)
+        existing = pool.describe()["key"]
+        if existing != key:  # a 64-bit name collision: never serve another model
+            raise PoolError(f"pool {key.name} serves {existing.describe()}, "
+                            f"not {key.describe()}: stop it first")
+        if not ray.get(manager.is_started.remote()):
+            arrays = state_dict_to_arrays(spec.load_state_dict())
+            ray.get(manager.start.remote(arrays, settings.num_actors or _default_num_actors()))
+        return pool
+
+    @classmethod
+    def get(cls, name: str) -> "Pool":
+        import ray
+
+        try:
+            return cls(ray.get_actor(name, namespace=NAMESPACE), name)
+        except ValueError:
+            raise PoolError(f"no pool named {name!r} is running in namespace {NAMESPACE!r}: "
+                            "list pools with `hybrid-infer pool status`") from None
+
+    @staticmethod
+    def names() -> list[str]:
+        from ray.util import list_named_actors
+
+        return sorted(entry["name"] for entry in list_named_actors(all_namespaces=True)
+                      if entry["namespace"] == NAMESPACE
+                      and entry["name"].startswith(POOL_PREFIX) and "-actor-" not in entry["name"])
+
+    # -- using ----------------------------------------------------------------------------
+    def actors(self) -> list:
+        return self._call("actors")
+
+    def heal(self) -> list:
+        return self._call("heal")
+
+    def scale(self, num_actors: int) -> list:
+        return self._call("scale", num_actors)
+
+    def describe(self) -> dict:
+        return self._call("describe")
+
+    def status(self) -> dict:
+        import ray
+
+        info = self.describe()
+        actor_status = ray.get([a.status.remote() for a in self.actors()])
+        return {
+            "name": self.name,
+            "model": info["key"].model_identity,
+            "weights_digest": info["key"].weights_digest,
+            "settings": info["key"].compute,
+            "weights_bytes": info["weights_bytes"],
+            "uptime_s": round(time.time() - info["created_at"], 1),
+            "replaced_actors": info["replaced_actors"],
+            "actors": actor_status,
+            "rows": sum(s["rows"] for s in actor_status),
+            "batches": sum(s["batches"] for s in actor_status),
+            "model_loads": sum(s["model_loads"] for s in actor_status),
+        }
+
+    def stop(self) -> int:
+        import ray
+
+        killed = self._call("stop")
+        ray.kill(self._manager, no_restart=True)
+        return killed
+
+    def _call(self, method: str, *args):
+        import ray
+
+        try:
+            return ray.get(getattr(self._manager, method).remote(*args))
+        except ray.exceptions.RayActorError:
+            raise PoolError(f"pool {self.name!r} was stopped or its manager died: start it "
+                            "again (hybrid-infer pool start, or run the job again)") from None
+
+
+def _default_num_actors() -> int:
+    gpus = _cluster_gpus()
+    return int(gpus) if gpus >= 1 else 1

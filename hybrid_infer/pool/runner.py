@@ -1,0 +1,63 @@
+"""One module on one device: placement, precision and the forward pass for a batch."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        from hybrid_infer.errors import ConfigurationError
+
+        raise ConfigurationError("device='cuda' was asked for but this actor sees no GPU: "
+                                 "give the pool num_gpus_per_actor > 0 or use device='auto'")
+    return requested
+
+
+class ModelRunner:
+    """Runs `module` on lists of CHW tensors and returns float32 NumPy logits.
+
+    On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
+    autocast runs in the chosen precision. On CPU the module keeps the object-store
+    memory it was built on (no copy) unless channels_last asks for a re-layout.
+    """
+
+    def __init__(self, module, device: str = "auto", precision: str = "fp32",
+                 channels_last: bool = False):
+        import torch
+
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        if self.device != "cpu":
+            module = module.to(self.device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def _autocast(self):
+        import torch
+
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu",
+                              dtype=self._autocast_dtype)
+
+    def __call__(self, tensors: list) -> np.ndarray:
+        import torch
+
+        batch = torch.stack(tensors)
+        if self.device != "cpu":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            output = self.module(batch)
+        return output.float().cpu().numpy()

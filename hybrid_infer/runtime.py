@@ -1,0 +1,191 @@
+"""Where Spark and Ray come from: an embedded local pair, or clusters the user names.
+
+The engine starts only what it needs and stops only what it started: a Spark session
+or Ray connection that already existed (or an address the user gave) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from hybrid_infer.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+#: Ray namespace that holds every pool's named actors.
+NAMESPACE = "hybrid_infer"
+
+#: Loopback only: the embedded runtime never listens on another interface.
+LOOPBACK = "127.0.0.1"
+
+# Java 17 closes these packages; Spark's and RayDP's JVMs reflect into them and die with
+# InaccessibleObjectException unless they are opened (verified set, see DESIGN.md).
+_OPENED_PACKAGES = [
+    ("java.base", p)
+    for p in (
+        "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.net",
+        "java.nio", "java.util", "java.util.concurrent", "java.util.concurrent.atomic",
+        "java.util.regex", "java.math", "java.text", "java.time", "sun.nio.ch",
+        "sun.nio.cs", "sun.security.action", "sun.util.calendar",
+    )
+] + [("java.sql", "java.sql")]
+
+JAVA17_OPTIONS: list[str] = [f"--add-opens={m}/{p}=ALL-UNNAMED" for m, p in _OPENED_PACKAGES]
+JAVA17_OPTIONS_STR = " ".join(JAVA17_OPTIONS)
+
+
+def spark_conf_for_java17() -> dict[str, str]:
+    """Spark settings every session of the engine needs on Java 17."""
+    return {
+        "spark.driver.extraJavaOptions": JAVA17_OPTIONS_STR,
+        "spark.executor.extraJavaOptions": JAVA17_OPTIONS_STR,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+
+
+@dataclass
+class Runtime:
+    """The Spark session and Ray connection one job runs on, and who owns them."""
+
+    spark: "pyspark.sql.SparkSession"  # noqa: F821
+    ray_address: str
+    started_spark: bool = False
+    started_ray: bool = False
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def embedded(self) -> bool:
+        return self.started_ray and self.started_spark
+
+    def stop(self) -> None:
+        """Stop what this runtime started, and only that."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.started_spark:
+            self.spark.stop()
+        if self.started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
+                extra_conf: dict[str, str] | None = None):
+    """Return a SparkSession: a new local one on loopback, or one bound to `master`.
+
+    Returns (session, started) where `started` says whether this call created it.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and master is None:
+        return active, False
+
+    builder = SparkSession.builder.appName(app_name)
+    conf = spark_conf_for_java17()
+    if master is None or master.startswith("local"):
+        builder = builder.master(master or "local[*]")
+        conf.update({
+            "spark.driver.host": LOOPBACK,
+            "spark.driver.bindAddress": LOOPBACK,
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.shuffle.partitions": "8",
+        })
+    else:
+        builder = builder.master(master)
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    os.environ.setdefault("PYSPARK_PYTHON", _python_executable())
+    os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # py4j / JVM errors are cryptic: say what is missing
+        raise ConfigurationError(
+            f"could not start a Spark session on master {master or 'local[*]'!r}: {exc}. "
+            "Check that Java 17 is installed and, for a cluster, that the master URL is "
+            "reachable (spark://host:7077)."
+        ) from exc
+    session.sparkContext.setLogLevel("ERROR")
+    return session, True
+
+
+def _python_executable() -> str:
+    import sys
+
+    return sys.executable
+
+
+def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
+                object_store_memory: int | None = None) -> tuple[str, bool]:
+    """Connect this process to Ray; start a local head on loopback when `address` is None.
+
+    Returns (gcs_address, started). Spark tasks use the address to join the same cluster.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address, False
+    common = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=True)
+    if address is None:
+        _keep_ray_on_loopback()
+        ray.init(
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            **common,
+        )
+        started = True
+    else:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"could not reach the Ray cluster at {address!r}: {exc}. Start one with "
+                "`ray start --head --node-ip-address=127.0.0.1` or pass the right "
+                "--ray-address (host:port of the GCS, 'auto', or ray://host:10001)."
+            ) from exc
+        started = False
+    return ray.get_runtime_context().gcs_address, started
+
+
+def _keep_ray_on_loopback() -> None:
+    """Make a local Ray head bind to 127.0.0.1 instead of the machine's routable address.
+
+    Ray resolves 127.0.0.1 to a reachable IP unless clustering is disabled; an embedded
+    head serves only this machine, so it disables it (read at call time by Ray, and
+    inherited by the GCS, raylet and worker processes it spawns).
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_runtime(spark_master: str | None = None, ray_address: str | None = None, *,
+                  spark_conf: dict[str, str] | None = None,
+                  object_store_memory: int | None = None) -> Runtime:
+    """Start (or join) Spark and Ray for one job. Use as a context manager."""
+    gcs_address, started_ray = connect_ray(ray_address, object_store_memory=object_store_memory)
+    try:
+        spark, started_spark = start_spark(spark_master, extra_conf=spark_conf)
+    except BaseException:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise
+    return Runtime(spark=spark, ray_address=gcs_address, started_spark=started_spark,
+                   started_ray=started_ray)
