@@ -149,6 +149,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
         )
         started = True
     else:
+        prepare_ray_address(address)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -159,6 +160,31 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
             ) from exc
         started = False
     return ray.get_runtime_context().gcs_address, started
+
+
+def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Before joining a cluster: fail fast if its GCS does not answer, keep loopback local.
+
+    ray.init would otherwise wait a long time on an unreachable address, and would
+    rewrite 127.0.0.1 to this machine's routable IP, where a loopback head is not.
+    """
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ConfigurationError(f"Ray address {address!r} is not host:port, 'auto' or ray://")
+    if host in ("127.0.0.1", "localhost"):
+        _keep_ray_on_loopback()
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start "
+            "--head --node-ip-address=127.0.0.1` or pass the right --ray-address"
+        ) from None
 
 
 def _keep_ray_on_loopback() -> None:

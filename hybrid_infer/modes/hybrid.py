@@ -12,7 +12,7 @@ import logging
 import pyarrow as pa
 
 from hybrid_infer.output import result_spark_ddl
-from hybrid_infer.runtime import NAMESPACE
+from hybrid_infer.runtime import NAMESPACE, prepare_ray_address
 
 
 def _join_ray(address: str) -> None:
@@ -20,6 +20,7 @@ def _join_ray(address: str) -> None:
     import ray
 
     if not ray.is_initialized():
+        prepare_ray_address(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)
 

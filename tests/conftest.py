@@ -1,0 +1,137 @@
+"""One real Ray cluster (a head on loopback) and one real Spark session per test session."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hybrid_infer.demo_data import generate_jpegs
+from hybrid_infer.models import ModelSpec
+
+# Small, fast settings shared by the tests so that they reuse one warm pool.
+TEST_MODEL = "resnet18"
+TEST_BATCH = 8
+N_IMAGES = 24
+
+# Every process of the test session (this one, Spark's Python workers, the Ray head,
+# second drivers) shares these: loopback addresses and one token for Ray's token auth.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32),
+}
+os.environ.update(RAY_ENV)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """A Ray head started as its own process (as `ray start` on a real node would be),
+    so that jobs from other driver processes can find the same warm pools."""
+    port = free_port()
+    env = {**os.environ, **RAY_ENV}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--include-dashboard=false", "--num-cpus=8",
+         f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    _wait_for_port(port, head)
+    import ray
+
+    from hybrid_infer.runtime import connect_ray
+
+    connect_ray(address)
+    yield address
+    ray.shutdown()
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def _wait_for_port(port: int, process, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("ray start exited early")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                time.sleep(1.0)
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"Ray head did not listen on {port} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from hybrid_infer.runtime import start_spark
+
+    session, _ = start_spark("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("images")
+    generate_jpegs(str(directory), N_IMAGES, seed=7, min_side=120, max_side=360)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def images_df(spark, image_dir):
+    from hybrid_infer.sources import read_images
+
+    return read_images(spark, image_dir).repartition(3).cache()
+
+
+def reference_logits(spec: ModelSpec, paths: list[str]) -> dict[str, np.ndarray]:
+    """What a user running PyTorch directly gets for each file."""
+    import torch
+
+    from hybrid_infer.decode import ImageDecoder
+
+    module = spec.load_module()
+    decoder = ImageDecoder()
+    with torch.no_grad():
+        batch = torch.stack([decoder(open(p, "rb").read()) for p in paths])
+        logits = module(batch).numpy()
+    return dict(zip(paths, logits))
+
+
+@pytest.fixture(scope="session")
+def expected(image_dir):
+    paths = sorted(os.path.join(image_dir, name) for name in os.listdir(image_dir))
+    return reference_logits(ModelSpec(TEST_MODEL), paths)
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file:"):] if uri.startswith("file:") else uri
+
+
+def assert_matches(rows, expected: dict, atol: float = 1e-4) -> None:
+    """Every expected file exactly once, each with logits equal to the direct run."""
+    paths = [local_path(row["path"]) for row in rows]
+    assert sorted(paths) == sorted(expected), "rows lost or duplicated"
+    for row in rows:
+        assert row["error"] is None, row["error"]
+        got = np.asarray(row["prediction"], dtype=np.float32)
+        np.testing.assert_allclose(got, expected[local_path(row["path"])], atol=atol, rtol=0)

@@ -1,0 +1,129 @@
+"""Issue 2: install, demo, the udf baseline, checkpoints and clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hybrid_infer import infer
+from hybrid_infer.errors import InputError, ModelError
+from hybrid_infer.models import ModelSpec
+
+from conftest import TEST_BATCH, TEST_MODEL, assert_matches, local_path, reference_logits
+
+CLI = [sys.executable, "-m", "hybrid_infer.cli"]
+
+
+def test_torch_and_torchvision_import_together():
+    import torchvision
+
+    assert torchvision.models.resnet18 is not None
+    # The nms operator is what a mismatched torch/torchvision build lacks.
+    assert hasattr(torch.ops.torchvision, "nms")
+
+
+def test_demo_runs_end_to_end_on_the_embedded_runtime(tmp_path):
+    workdir = tmp_path / "demo"
+    result = subprocess.run(CLI + ["demo", "--images", "12", "--workdir", str(workdir),
+                                   "--batch-size", "4"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rows 12, succeeded 12, failed 0" in result.stdout
+    table = pq.read_table(str(workdir / "predictions.parquet"))
+    assert table.num_rows == 12
+    assert set(table.column_names) >= {"path", "prediction", "error", "top_k"}
+    assert len(set(table.column("path").to_pylist())) == 12
+    assert all(len(p) == 1000 for p in table.column("prediction").to_pylist())
+
+
+def test_udf_mode_equals_direct_pytorch(images_df, expected):
+    assert images_df.rdd.getNumPartitions() == 3
+    out = infer(images_df, TEST_MODEL, mode="udf", batch_size=TEST_BATCH)
+    rows = out.collect()
+    assert len(rows) == images_df.count()
+    assert_matches(rows, expected)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_file_gives_the_in_memory_predictions(tmp_path, images_df, image_dir, suffix):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    model = ModelSpec("mobilenet_v3_small").build_module().eval()
+    path = str(tmp_path / f"weights{suffix}")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+
+    spec = ModelSpec("mobilenet_v3_small", weights=path)
+    paths = sorted(os.path.join(image_dir, n) for n in os.listdir(image_dir))[:6]
+    from_file = reference_logits(spec, paths)
+    with torch.no_grad():
+        from hybrid_infer.decode import ImageDecoder
+
+        decoder = ImageDecoder()
+        in_memory = model(torch.stack([decoder(open(p, "rb").read()) for p in paths])).numpy()
+    for i, p in enumerate(paths):
+        torch.testing.assert_close(torch.from_numpy(from_file[p]), torch.from_numpy(in_memory[i]),
+                                   atol=1e-5, rtol=0)
+    # and through Spark, in the baseline mode
+    subset = images_df.where(images_df.path.isin([f"file:{p}" for p in paths]))
+    rows = infer(subset, spec, mode="udf", batch_size=4).collect()
+    assert_matches(rows, dict(zip(paths, in_memory)))
+
+
+def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path):
+    path = str(tmp_path / "pickled.pt")
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled nn.Module, not tensors
+    with pytest.raises(ModelError, match="allow_pickle"):
+        ModelSpec("resnet18", weights=path).load_state_dict()
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ModelError, match="unknown model 'resnet9000'.*resnet18"):
+        ModelSpec("resnet9000")
+
+
+def test_missing_weights_file_says_what_to_pass():
+    with pytest.raises(ModelError, match="does not exist.*state_dict"):
+        ModelSpec("resnet18", weights="/nonexistent/weights.pt")
+
+
+def test_wrong_column_lists_the_columns(spark, tmp_path):
+    from hybrid_infer.sources import read_parquet
+
+    path = str(tmp_path / "data.parquet")
+    spark.createDataFrame([(1, b"x")], "id long, image binary").write.parquet(path)
+    with pytest.raises(InputError, match="column 'content' not found.*'id', 'image'"):
+        read_parquet(spark, path, column="content")
+    with pytest.raises(InputError, match="'id' is bigint, not binary"):
+        read_parquet(spark, path, column="id")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "nope", "--input", "{tmp}"], "unknown model 'nope'"),
+    (["--input", "/no/such/dir"], "input path '/no/such/dir' does not exist"),
+])
+def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, extra, message):
+    argv = CLI + ["run", "--output", str(tmp_path / "out")]
+    argv += [arg.format(tmp=tmp_path) for arg in extra]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_parquet_binary_column_input(spark, tmp_path, image_dir, expected):
+    paths = sorted(expected)[:5]
+    rows = [(local_path(p), open(p, "rb").read()) for p in paths]
+    data = str(tmp_path / "images.parquet")
+    spark.createDataFrame(rows, "path string, jpeg binary").write.parquet(data)
+    from hybrid_infer.sources import read_input
+
+    df = read_input(spark, data, column="jpeg")
+    out = infer(df, TEST_MODEL, mode="udf", input_col="jpeg", batch_size=4).collect()
+    assert_matches(out, {p: expected[p] for p in paths})

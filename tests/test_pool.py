@@ -1,0 +1,145 @@
+"""Issue 3: the warm pool and the hybrid mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hybrid_infer import infer
+from hybrid_infer.models import ModelSpec
+from hybrid_infer.pool.registry import Pool
+from hybrid_infer.pool.settings import PoolSettings
+
+from conftest import RAY_ENV, TEST_BATCH, TEST_MODEL, assert_matches
+
+
+@pytest.fixture(scope="module")
+def pool_settings():
+    return PoolSettings(num_actors=2, batch_size=TEST_BATCH, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def warm_pool(ray_address, pool_settings):
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings)
+    yield pool
+    pool.stop()
+
+
+@pytest.mark.parametrize("rows_per_batch", [3, 5, 13])
+def test_hybrid_equals_direct_pytorch(images_df, expected, ray_address, warm_pool,
+                                      pool_settings, rows_per_batch):
+    # Arrow batch sizes that do not divide the model batch size (8), over 3 partitions.
+    out = infer(images_df, TEST_MODEL, mode="hybrid", pool=pool_settings,
+                ray_address=ray_address, rows_per_batch=rows_per_batch)
+    rows = out.collect()
+    assert len(rows) == images_df.count()
+    assert_matches(rows, expected)
+
+
+def test_rebatching_fills_model_batches(images_df, ray_address, warm_pool, pool_settings):
+    before = warm_pool.status()
+    infer(images_df.coalesce(1), TEST_MODEL, pool=pool_settings, ray_address=ray_address,
+          rows_per_batch=3).collect()
+    after = warm_pool.status()
+    rows = after["rows"] - before["rows"]
+    batches = after["batches"] - before["batches"]
+    assert rows == images_df.count()
+    # 24 rows sent 3 at a time: without re-batching that is 8 forward passes.
+    assert batches < rows // 3, (rows, batches)
+
+
+def test_weights_live_once_in_the_object_store(warm_pool):
+    import ray
+
+    storages = ray.get([actor.weight_storage.remote() for actor in warm_pool.actors()])
+    assert len(storages) == 2 and storages[0]["pid"] != storages[1]["pid"]
+    for storage in storages:
+        # every parameter byte sits in the shared-memory object store mapping, none in
+        # the actor's private heap (a per-actor copy would be "<anonymous>" or [heap])
+        backing = storage["backing"]
+        assert list(backing.values()) == [storage["param_bytes"]], backing
+        (mapping,) = backing
+        assert mapping.startswith("/dev/shm/") or "plasma" in mapping, mapping
+    assert storages[0]["backing"].keys() == storages[1]["backing"].keys()
+
+
+SECOND_DRIVER = textwrap.dedent("""
+    import json, sys
+    from hybrid_infer import infer, read_images, start_runtime
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.pool.settings import PoolSettings
+    address, images = sys.argv[1], sys.argv[2]
+    settings = PoolSettings(num_actors=2, batch_size=%d, torch_threads=1)
+    with start_runtime(ray_address=address) as runtime:
+        rows = infer(read_images(runtime.spark, images), "%s", pool=settings,
+                     ray_address=address).collect()
+        (name,) = Pool.names()
+        print("RESULT" + json.dumps({"rows": len(rows), "status": Pool.get(name).status()}))
+""" % (TEST_BATCH, TEST_MODEL))
+
+
+def test_second_driver_process_reuses_the_warm_pool(ray_address, image_dir, warm_pool):
+    before = warm_pool.status()
+    result = subprocess.run([sys.executable, "-c", SECOND_DRIVER, ray_address, image_dir],
+                            capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, **RAY_ENV})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("RESULT", 1)[1])
+    after = report["status"]
+    assert report["rows"] == 24
+    assert after["name"] == warm_pool.name
+    ids = lambda status: sorted((a["actor_id"], a["pid"]) for a in status["actors"])  # noqa
+    assert ids(after) == ids(before)
+    assert after["model_loads"] == before["model_loads"] == 2  # no load for the second job
+    assert after["rows"] == before["rows"] + 24
+
+
+def test_different_weights_get_a_different_pool(ray_address, warm_pool, pool_settings):
+    other = Pool.get_or_create(ModelSpec(TEST_MODEL, seed=1),
+                               PoolSettings(num_actors=1, batch_size=TEST_BATCH))
+    try:
+        assert other.name != warm_pool.name
+        assert other.status()["weights_digest"] != warm_pool.status()["weights_digest"]
+        assert Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings).name == warm_pool.name
+    finally:
+        other.stop()
+
+
+def test_pool_cli_status_and_stop(ray_address):
+    import time
+
+    import psutil
+    import ray
+
+    cli = [sys.executable, "-m", "hybrid_infer.cli", "pool"]
+    env = {**__import__("os").environ, **RAY_ENV}
+    started = subprocess.run(cli + ["start", "--ray-address", ray_address, "--model",
+                                    "mobilenet_v3_small", "--num-actors", "2"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    name = json.loads(started.stdout)["name"]
+
+    status = subprocess.run(cli + ["status", "--ray-address", ray_address, "--name", name],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+    (report,) = json.loads(status.stdout)
+    assert report["model"] == "torchvision:mobilenet_v3_small:1000"
+    assert len(report["actors"]) == 2 and report["model_loads"] == 2
+    assert {a["device"] for a in report["actors"]} == {"cpu"}
+
+    stopped = subprocess.run(cli + ["stop", "--ray-address", ray_address, "--name", name],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert stopped.returncode == 0 and "2 actors" in stopped.stdout, stopped.stderr[-2000:]
+    assert name not in Pool.names()
+    for index in range(2):
+        with pytest.raises(ValueError):
+            ray.get_actor(f"{name}-actor-{index}")
+    pids = [a["pid"] for a in report["actors"]]
+    deadline = time.time() + 30
+    while any(psutil.pid_exists(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(psutil.pid_exists(pid) for pid in pids), "actor processes left behind"
