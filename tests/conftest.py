@@ -45,14 +45,19 @@ def ray_address(tmp_path_factory):
     port = free_port()
     env = {**os.environ, **RAY_ENV}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--include-dashboard=false", "--num-cpus=8",
-         f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    log_path = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
+    with open(log_path, "w") as log:
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--include-dashboard=false", "--num-cpus=8",
+             f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     address = f"127.0.0.1:{port}"
-    _wait_for_port(port, head)
+    try:
+        _wait_for_port(port, head)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
     import ray
 
     from hybrid_infer.runtime import connect_ray
