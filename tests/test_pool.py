@@ -143,3 +143,15 @@ def test_pool_cli_status_and_stop(ray_address):
     while any(psutil.pid_exists(pid) for pid in pids) and time.time() < deadline:
         time.sleep(0.5)
     assert not any(psutil.pid_exists(pid) for pid in pids), "actor processes left behind"
+
+
+def test_idle_pool_stops_itself(ray_address):
+    import time
+
+    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=5),
+                              PoolSettings(num_actors=1, idle_timeout_s=3))
+    assert pool.name in Pool.names()
+    deadline = time.time() + 60
+    while pool.name in Pool.names() and time.time() < deadline:
+        time.sleep(1)
+    assert pool.name not in Pool.names(), "idle pool still running after 60 s"

@@ -34,6 +34,7 @@ class PoolManager:
         self._lock = threading.RLock()
         self._replaced = 0
         self._stopping = False
+        self._last_change = self.created_at  # end of the last start/scale/heal
         if settings.idle_timeout_s:
             threading.Thread(target=self._idle_reaper, daemon=True).start()
 
@@ -103,6 +104,7 @@ class PoolManager:
         if new:  # wait until they have loaded: a job should not race the model load
             ray.get([actor.ping.remote() for actor in new])
             self._actors.extend(new)
+        self._last_change = time.time()
 
     def _index_of(self, actor) -> int:
         return self._indices.get(actor._actor_id.hex(), -1)
@@ -154,8 +156,10 @@ class PoolManager:
                 statuses = ray.get([a.status.remote() for a in self.actors()], timeout=30)
             except Exception:
                 continue
-            last_used = max([s["last_used"] for s in statuses], default=self.created_at)
-            if time.time() - max(last_used, self.created_at) > self.settings.idle_timeout_s:
+            if not self.is_started():
+                continue
+            last_used = max([s["last_used"] for s in statuses], default=0.0)
+            if time.time() - max(last_used, self._last_change) > self.settings.idle_timeout_s:
                 self.stop()
                 ray.kill(ray.get_runtime_context().current_actor)
                 return
