@@ -71,7 +71,7 @@ class Dispatcher:
             except ray.exceptions.GetTimeoutError:
                 raise TimeoutError(
                     f"a batch of {item.payload.num_rows} rows got no answer from the pool "
-                    f"within {self._timeout_s} s; raise batch_timeout_s or check the pool "
+                    f"within {self._timeout_s} s (batch_timeout_s); raise it or check the pool "
                     "with `hybrid-infer pool status`") from None
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 if item.attempts >= self._max_attempts:
@@ -84,5 +84,6 @@ class Dispatcher:
     def _replace_actors(self) -> None:
         self._actors = self._pool.heal()
         if not self._actors:
-            raise PoolError(f"pool {self._pool.name!r} has no live actors")
+            raise PoolError(f"pool {self._pool.name!r} has no live actors (it was stopped): "
+                            "start it again (hybrid-infer pool start, or run the job again)")
         self._load = {a._actor_id: self._load.get(a._actor_id, 0) for a in self._actors}
