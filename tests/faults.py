@@ -8,6 +8,10 @@ pixel formats. `SAMPLES` maps a row id to (bytes or None, the reason kind expect
 from __future__ import annotations
 
 import io
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -193,3 +197,58 @@ def small_pool(ray_address):
 
 def actor_pids(pool) -> list[int]:
     return sorted(actor["pid"] for actor in pool.status()["actors"])
+
+
+def rows_done(pool) -> int | None:
+    """Rows the pool's live actors have run, or None while one of them is dead."""
+    try:
+        return pool.status()["rows"]
+    except Exception:
+        return None
+
+
+class ActorKiller(threading.Thread):
+    """Kills a pool actor with SIGKILL each time the pool has run `every` more rows.
+
+    Runs beside a job (the job's batches are in flight when it strikes). Records the
+    pid killed, when, and how long the pool took to have its full size again.
+    """
+
+    def __init__(self, pool, every: int, kills: int = 1, poll_s: float = 0.02):
+        super().__init__(daemon=True)
+        self.pool, self.every, self.max_kills, self.poll_s = pool, every, kills, poll_s
+        self.killed: list[int] = []
+        self.recovery_s: list[float] = []
+        self.size = len(pool.actors())
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        baseline = None
+        while not self._stop.is_set() and len(self.killed) < self.max_kills:
+            done = rows_done(self.pool)
+            if done is not None and baseline is None:
+                baseline = done
+            if done is not None and done - baseline >= self.every:
+                pid = max(actor["pid"] for actor in self.pool.status()["actors"])
+                os.kill(pid, signal.SIGKILL)
+                killed_at = time.perf_counter()
+                self.killed.append(pid)
+                self._wait_recovered(pid, killed_at)
+                baseline = None
+            time.sleep(self.poll_s)
+
+    def _wait_recovered(self, pid: int, killed_at: float) -> None:
+        """Until the pool again has `size` live actors, none of them the killed one."""
+        while not self._stop.is_set():
+            try:
+                pids = [a["pid"] for a in self.pool.status()["actors"]]
+            except Exception:
+                pids = []
+            if len(pids) == self.size and pid not in pids:
+                self.recovery_s.append(round(time.perf_counter() - killed_at, 3))
+                return
+            time.sleep(self.poll_s)
