@@ -220,15 +220,15 @@ class ActorKiller(threading.Thread):
         self.killed: list[int] = []
         self.recovery_s: list[float] = []
         self.size = len(pool.actors())
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=60)
 
     def run(self) -> None:
         baseline = None
-        while not self._stop.is_set() and len(self.killed) < self.max_kills:
+        while not self._halt.is_set() and len(self.killed) < self.max_kills:
             done = rows_done(self.pool)
             if done is not None and baseline is None:
                 baseline = done
@@ -243,7 +243,7 @@ class ActorKiller(threading.Thread):
 
     def _wait_recovered(self, pid: int, killed_at: float) -> None:
         """Until the pool again has `size` live actors, none of them the killed one."""
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 pids = [a["pid"] for a in self.pool.status()["actors"]]
             except Exception:
