@@ -14,7 +14,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 
 def _save(image, fmt: str, **options) -> bytes:
@@ -181,18 +180,6 @@ def small_settings(**overrides):
 
     return PoolSettings(**{"num_actors": 2, "batch_size": SMALL_BATCH, "torch_threads": 1,
                            "decode_threads": 1, **overrides})
-
-
-@pytest.fixture(scope="session")
-def small_pool(ray_address):
-    """A two-actor pool of the small model, shared by the reliability tests (they kill
-    its actors; it heals)."""
-    from hybrid_infer.models import ModelSpec
-    from hybrid_infer.pool.registry import Pool
-
-    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL), small_settings())
-    yield pool
-    pool.stop()
 
 
 def actor_pids(pool) -> list[int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import struct
 import subprocess
@@ -23,8 +21,8 @@ from hybrid_infer.models import ModelSpec
 from conftest import RAY_ENV
 from faults import (GIF_FRAME_COLOURS, SMALL_BATCH, SMALL_MODEL, TEST_MAX_PIXELS,
                     assert_rows_exactly, gradient, images_frame, make_samples,
-                    reference_rows, sixteen_bit_png, small_jpegs, small_pool,  # noqa: F401
-                    small_preprocess, small_settings)
+                    reference_rows, sixteen_bit_png, small_jpegs, small_preprocess,
+                    small_settings)
 
 SAMPLES = make_samples()
 BAD = {key: reason for key, (_, reason) in SAMPLES.items() if reason is not None}

@@ -31,7 +31,7 @@ from hybrid_infer.runtime import NAMESPACE
 from conftest import RAY_ENV, free_port
 from faults import (SMALL_MODEL, ActorKiller, actor_pids, assert_rows_exactly, bad_samples,
                     images_frame, reference_rows, rgb_jpeg, small_jpegs,
-                    small_pool, small_preprocess, small_settings)  # noqa: F401
+                    small_preprocess, small_settings)
 
 #: Loaded machines are slow; a hang is forever. Anything under this is "within seconds".
 FAIL_WITHIN_S = 60
