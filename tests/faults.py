@@ -209,7 +209,12 @@ class ActorKiller(threading.Thread):
         self.size = len(pool.actors())
         self._halt = threading.Event()
 
-    def stop(self) -> None:
+    def stop(self, recover_within_s: float = 60) -> None:
+        """Stop striking; first let the pool recover from the last kill (it heals in
+        the background, possibly after the job ended)."""
+        deadline = time.time() + recover_within_s
+        while len(self.recovery_s) < len(self.killed) and time.time() < deadline:
+            time.sleep(self.poll_s)
         self._halt.set()
         self.join(timeout=60)
 
@@ -222,9 +227,9 @@ class ActorKiller(threading.Thread):
             if done is not None and done - baseline >= self.every:
                 pid = max(actor["pid"] for actor in self.pool.status()["actors"])
                 os.kill(pid, signal.SIGKILL)
-                killed_at = time.perf_counter()
                 self.killed.append(pid)
-                self._wait_recovered(pid, killed_at)
+                threading.Thread(target=self._wait_recovered, daemon=True,
+                                 args=(pid, time.perf_counter())).start()
                 baseline = None
             time.sleep(self.poll_s)
 

@@ -60,8 +60,9 @@ class PoolManager:
             return list(self._actors)
 
     def actors(self) -> list:
-        with self._lock:
-            return list(self._actors)
+        # No lock: a job starting while a heal loads a replacement gets the live actors
+        # now rather than waiting for the load (copying a list is atomic under the GIL).
+        return list(self._actors)
 
     def heal(self) -> list:
         """Replace actors that died; returns the live set."""
@@ -234,6 +235,10 @@ class Pool:
 
     def heal(self) -> list:
         return self._call("heal")
+
+    def heal_async(self):
+        """Start replacing dead actors; returns the ObjectRef of the live set."""
+        return self._manager.heal.remote()
 
     def scale(self, num_actors: int) -> list:
         return self._call("scale", num_actors)
