@@ -234,13 +234,20 @@ class ActorKiller(threading.Thread):
             time.sleep(self.poll_s)
 
     def _wait_recovered(self, pid: int, killed_at: float) -> None:
-        """Until the pool again has `size` live actors, none of them the killed one."""
-        while not self._halt.is_set():
-            try:
-                pids = [a["pid"] for a in self.pool.status()["actors"]]
-            except Exception:
-                pids = []
-            if len(pids) == self.size and pid not in pids:
-                self.recovery_s.append(round(time.perf_counter() - killed_at, 3))
-                return
-            time.sleep(self.poll_s)
+        if wait_recovered(self.pool, self.size, pid, halt=self._halt, poll_s=self.poll_s):
+            self.recovery_s.append(round(time.perf_counter() - killed_at, 3))
+
+
+def wait_recovered(pool, size: int, dead_pid: int, *, timeout_s: float = 120, halt=None,
+                   poll_s: float = 0.02) -> bool:
+    """Wait until the pool again has `size` live actors, none of them `dead_pid`."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not (halt and halt.is_set()):
+        try:
+            pids = [a["pid"] for a in pool.status()["actors"]]
+        except Exception:
+            pids = []
+        if len(pids) == size and dead_pid not in pids:
+            return True
+        time.sleep(poll_s)
+    return False
