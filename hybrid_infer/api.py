@@ -17,7 +17,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
           preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
           batch_size: int | None = None, ray_address: str | None = None,
           rows_per_batch: int = 64, loader_workers: int = 0,
-          allow_pickle: bool = False):
+          allow_pickle: bool = False, fail_fast: bool = False):
     """Run an image model over `df` and return DataFrame(id_cols..., prediction, error).
 
     model: a torchvision name or a ModelSpec. weights: "random" (seeded) or a local
@@ -27,6 +27,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     `ray_address`, or started locally when none is running) or "udf" (the pandas-UDF
     baseline). batch_size overrides pool.batch_size, the model's batch size.
     Every input row comes back exactly once; `error` holds the reason when it failed.
+    fail_fast: instead, the first failed row stops the job with its id and reason.
     """
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -42,19 +43,38 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf
 
-        return run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols, options=options,
-                       batch_size=settings.batch_size, loader_workers=loader_workers)
+        result = run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols,
+                         options=options, batch_size=settings.batch_size,
+                         loader_workers=loader_workers)
+    else:
+        from hybrid_infer.modes.hybrid import run_hybrid
+        from hybrid_infer.pool.registry import Pool
+        from hybrid_infer.runtime import connect_ray
 
-    from hybrid_infer.modes.hybrid import run_hybrid
-    from hybrid_infer.pool.registry import Pool
-    from hybrid_infer.runtime import connect_ray
+        gcs_address, _ = connect_ray(ray_address)
+        warm_pool = Pool.get_or_create(spec, settings)
+        result = run_hybrid(df, pool=warm_pool, ray_address=gcs_address, input_col=input_col,
+                            id_cols=id_cols, options=options, rows_per_batch=rows_per_batch,
+                            max_in_flight=settings.max_in_flight,
+                            timeout_s=settings.batch_timeout_s)
+    return _stop_on_first_error(result, id_cols) if fail_fast else result
 
-    gcs_address, _ = connect_ray(ray_address)
-    warm_pool = Pool.get_or_create(spec, settings)
-    return run_hybrid(df, pool=warm_pool, ray_address=gcs_address, input_col=input_col,
-                      id_cols=id_cols, options=options, rows_per_batch=rows_per_batch,
-                      max_in_flight=settings.max_in_flight,
-                      timeout_s=settings.batch_timeout_s)
+
+#: Prefix of the message a fail-fast job stops with (job.py finds it in Spark's error).
+FAIL_FAST_MESSAGE = "bad record (fail_fast)"
+
+
+def _stop_on_first_error(result, id_cols: list[str]):
+    """Make a row with an `error` raise in its Spark task, naming the row and the reason."""
+    from pyspark.sql import functions as F
+
+    from hybrid_infer.output import ERROR
+
+    row_id = F.concat_ws(", ", *[F.concat(F.lit(f"{name}="), F.col(name).cast("string"))
+                                 for name in id_cols]) if id_cols else F.lit("?")
+    message = F.concat(F.lit(f"{FAIL_FAST_MESSAGE}: row "), row_id, F.lit(": "), F.col(ERROR))
+    return result.withColumn(
+        ERROR, F.when(F.col(ERROR).isNotNull(), F.raise_error(message)).otherwise(F.col(ERROR)))
 
 
 def _default_input_col(df) -> str:

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
     run.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
     run.add_argument("--no-progress", action="store_true", help="do not print progress")
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop at the first row that cannot be decoded or inferred "
+                          "(default: write it with its reason in the `error` column)")
+    run.add_argument("--max-pixels", type=int, default=None,
+                     help="refuse images with more pixels than this before decoding "
+                          "(default: 64,000,000)")
     _add_model_options(run)
     _add_pool_options(run)
     _add_cluster_options(run)
@@ -131,7 +137,10 @@ def cmd_run(args) -> int:
     from hybrid_infer.job import run_job
     from hybrid_infer.runtime import start_runtime
 
+    from hybrid_infer.decode import Preprocess
+
     spec = _model_spec(args)  # fail on a bad model or input before starting anything
+    preprocess = Preprocess(max_pixels=args.max_pixels) if args.max_pixels else None
     if "://" not in args.input and not os.path.exists(args.input):
         raise HybridInferError(f"input path {args.input!r} does not exist: pass a directory "
                                "of images or a Parquet dataset (--input)")
@@ -140,7 +149,8 @@ def cmd_run(args) -> int:
                           input_col=args.input_col, model=spec, model_name=args.model,
                           mode=args.mode,
                           pool=_pool_settings(args), ray_address=runtime.ray_address,
-                          top_k=args.top_k, progress=not args.no_progress)
+                          top_k=args.top_k, progress=not args.no_progress,
+                          fail_fast=args.fail_fast, preprocess=preprocess)
     print(summary.render())
     return 0
 

@@ -51,7 +51,30 @@ class ImageDecoder:
         self._transform = self.preprocess.transform()
 
     def __call__(self, data):
-        return self._transform(open_rgb(data, self.preprocess.max_pixels))
+        image = open_rgb(data, self.preprocess.max_pixels)
+        _check_resized_size(image.size, self.preprocess)
+        return self._transform(image)
+
+
+def _check_resized_size(size: tuple[int, int], preprocess: Preprocess) -> None:
+    """Refuse an image whose shorter-side resize would itself be a bomb (e.g. 2x3000)."""
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    resized = preprocess.resize * max(preprocess.resize, long * preprocess.resize // short)
+    if resized > preprocess.max_pixels:
+        raise DecodeError(
+            f"extreme aspect ratio: {width}x{height} would resize to {resized} pixels, over "
+            f"the limit of {preprocess.max_pixels} (raise max_pixels to accept it)")
+
+
+#: Leading bytes of the formats users store; a value that starts like one of them but
+#: that PIL cannot open has a corrupt header rather than being some other kind of file.
+_SIGNATURES = {b"\xff\xd8": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP",
+               b"RIFF": "WEBP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _signature(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -65,6 +88,10 @@ def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        fmt = _signature(data)
+        if fmt:
+            raise DecodeError(f"corrupt image header: starts like {fmt} but cannot be "
+                              "parsed") from None
         raise DecodeError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large: {exc}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 from hybrid_infer.errors import ConfigurationError
@@ -102,6 +103,7 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
             "spark.sql.shuffle.partitions": "8",
         })
     else:
+        prepare_spark_master(master)
         builder = builder.master(master)
     conf.update(extra_conf or {})
     for key, value in conf.items():
@@ -141,7 +143,9 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address is None:
         _keep_ray_on_loopback()
         ray.init(
-            address="local",  # a new head: never silently join a cluster found on disk
+            # "local": always a new head of our own; with no address, ray.init joins any
+            # cluster it finds on the machine (another user's `ray start`).
+            address="local",
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
             num_cpus=num_cpus,
@@ -169,8 +173,6 @@ def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
     ray.init would otherwise wait a long time on an unreachable address, and would
     rewrite 127.0.0.1 to this machine's routable IP, where a loopback head is not.
     """
-    import socket
-
     if address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
@@ -186,6 +188,31 @@ def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
             f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start "
             "--head --node-ip-address=127.0.0.1` or pass the right --ray-address"
         ) from None
+
+
+def prepare_spark_master(master: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when no standalone master answers at a spark:// URL.
+
+    Otherwise the session starts, retries registering for about a minute, and jobs wait
+    for executors that never come.
+    """
+    if not master.startswith("spark://"):
+        return  # yarn, k8s://, local: their own clients report errors promptly
+    hosts = master[len("spark://"):].split(",")  # spark://h1:7077,h2:7077 (HA masters)
+    failures = []
+    for host_port in hosts:
+        host, _, port = host_port.rpartition(":")
+        if not port.isdigit():
+            raise ConfigurationError(f"Spark master {master!r} is not spark://host:port")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return
+        except OSError as exc:
+            failures.append(f"{host_port}: {exc}")
+    raise ConfigurationError(
+        f"no Spark master answers at {master!r} ({'; '.join(failures)}): start one "
+        "(sbin/start-master.sh), pass the right --spark-master, or leave it out to run "
+        "on an embedded local Spark")
 
 
 def _keep_ray_on_loopback() -> None:

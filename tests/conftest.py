@@ -95,6 +95,19 @@ def spark():
 
 
 @pytest.fixture(scope="session")
+def small_pool(ray_address):
+    """A two-actor pool of a small, fast model, shared by the reliability tests (they
+    kill its actors; it heals)."""
+    from faults import SMALL_MODEL, small_settings
+
+    from hybrid_infer.pool.registry import Pool
+
+    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL), small_settings())
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="session")
 def image_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("images")
     generate_jpegs(str(directory), N_IMAGES, seed=7, min_side=120, max_side=360)

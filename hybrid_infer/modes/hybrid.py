@@ -47,7 +47,7 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
         def payloads():
             for piece in slices:
                 pending_ids.append(piece.select(id_cols))
-                yield piece.select([input_col])
+                yield _compact(piece.select([input_col]))
 
         for result in dispatcher.map(payloads()):
             ids = pending_ids.pop(0)
@@ -56,6 +56,16 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
                 names=list(ids.schema.names) + list(result.schema.names))
 
     return df.select(*id_cols, input_col).mapInArrow(infer_partition, out_ddl)
+
+
+def _compact(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A copy holding only the slice's bytes.
+
+    A slice shares its parent's buffers, and Ray serialises those whole: without the
+    copy, every slice would ship the entire Arrow batch (up to 10,000 rows) to the pool.
+    """
+    return pa.RecordBatch.from_arrays([pa.concat_arrays([column]) for column in batch.columns],
+                                      schema=batch.schema)
 
 
 def _slices(batches, rows: int):

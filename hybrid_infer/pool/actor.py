@@ -46,7 +46,7 @@ class InferenceActor:
         self._weights = weights
         module = module_from_arrays(spec, weights)
         self.runner = ModelRunner(module, settings.device, settings.precision,
-                                  settings.channels_last)
+                                  settings.channels_last, settings.max_batch_bytes)
         self.pipeline = InferencePipeline(self.runner, settings.batch_size,
                                           settings.decode_threads)
         self._decoders: dict[Preprocess, ImageDecoder] = {}

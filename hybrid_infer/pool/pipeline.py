@@ -20,6 +20,13 @@ import numpy as np
 from hybrid_infer.decode import DecodeError
 
 
+def failure_reason(exc: BaseException) -> str:
+    """A row's reason when the model fails on it alone; out-of-memory gets its own kind."""
+    kind = ("out of memory" if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__
+            else "model failed")
+    return f"{kind}: {type(exc).__name__}: {exc}"[:500]
+
+
 class _Request:
     """One caller's rows: results fill in as model batches finish."""
 
@@ -96,7 +103,8 @@ class InferencePipeline:
                 self._decoding += 1
             self._decode_pool.submit(self._decode_one, request, index, value, decode)
         if not request.done.wait(timeout):
-            raise TimeoutError(f"batch of {len(values)} rows not done within {timeout} s")
+            raise TimeoutError(f"a batch of {len(values)} rows was not done within {timeout} s "
+                               "(the pool's batch_timeout_s)")
         self.stats.last_used = time.time()
         return request.outputs, request.errors
 
@@ -155,7 +163,7 @@ class InferencePipeline:
                 self._infer_items(items[middle:])
             else:
                 request, index, _ = items[0]
-                request.set_error(index, f"model failed: {type(exc).__name__}: {exc}"[:500])
+                request.set_error(index, failure_reason(exc))
             return
         self.stats.model_seconds += time.perf_counter() - started
         self.stats.batches += 1

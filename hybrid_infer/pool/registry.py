@@ -33,6 +33,7 @@ class PoolManager:
         self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
         self._lock = threading.RLock()
         self._replaced = 0
+        self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
         if settings.idle_timeout_s:
@@ -60,14 +61,18 @@ class PoolManager:
             return list(self._actors)
 
     def actors(self) -> list:
-        with self._lock:
-            return list(self._actors)
+        # No lock: a job starting while a heal loads a replacement gets the live actors
+        # now rather than waiting for the load (copying a list is atomic under the GIL).
+        return list(self._actors)
 
     def heal(self) -> list:
         """Replace actors that died; returns the live set."""
         import ray
 
         with self._lock:
+            if self._stopping:
+                return []
+            started = time.perf_counter()
             pings = [(actor, actor.ping.remote()) for actor in self._actors]
             live = []
             for actor, ping in pings:
@@ -77,8 +82,10 @@ class PoolManager:
                 except Exception:
                     self._replaced += 1
             wanted = len(self._actors)
-            self._actors = live
-            self._scale_locked(wanted)
+            if len(live) < wanted:
+                self._actors = live
+                self._scale_locked(wanted)
+                self._last_heal_s = round(time.perf_counter() - started, 3)
             return list(self._actors)
 
     def scale(self, num_actors: int) -> list:
@@ -168,7 +175,8 @@ class PoolManager:
     def describe(self) -> dict:
         return {"name": self.key.name, "key": self.key, "spec": self.spec,
                 "settings": self.settings, "created_at": self.created_at,
-                "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced}
+                "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced,
+                "last_heal_s": self._last_heal_s}
 
 
 def _cluster_gpus() -> float:
@@ -233,6 +241,10 @@ class Pool:
     def heal(self) -> list:
         return self._call("heal")
 
+    def heal_async(self):
+        """Start replacing dead actors; returns the ObjectRef of the live set."""
+        return self._manager.heal.remote()
+
     def scale(self, num_actors: int) -> list:
         return self._call("scale", num_actors)
 
@@ -252,6 +264,7 @@ class Pool:
             "weights_bytes": info["weights_bytes"],
             "uptime_s": round(time.time() - info["created_at"], 1),
             "replaced_actors": info["replaced_actors"],
+            "last_heal_s": info["last_heal_s"],
             "actors": actor_status,
             "rows": sum(s["rows"] for s in actor_status),
             "batches": sum(s["batches"] for s in actor_status),

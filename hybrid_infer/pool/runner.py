@@ -20,18 +20,25 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+class BatchMemoryError(MemoryError):
+    """A model batch needs more host memory than PoolSettings.max_batch_bytes allows."""
+
+
 class ModelRunner:
     """Runs `module` on lists of CHW tensors and returns float32 NumPy logits.
 
     On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
     autocast runs in the chosen precision. On CPU the module keeps the object-store
     memory it was built on (no copy) unless channels_last asks for a re-layout.
+    A batch over `max_batch_bytes`, or one hitting CUDA out-of-memory, raises a
+    MemoryError-like error: the pipeline splits it and retries the halves.
     """
 
     def __init__(self, module, device: str = "auto", precision: str = "fp32",
-                 channels_last: bool = False):
+                 channels_last: bool = False, max_batch_bytes: int | None = None):
         import torch
 
+        self.max_batch_bytes = max_batch_bytes
         self.device = resolve_device(device)
         self.precision = precision
         self.channels_last = channels_last
@@ -53,11 +60,19 @@ class ModelRunner:
     def __call__(self, tensors: list) -> np.ndarray:
         import torch
 
-        batch = torch.stack(tensors)
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            output = self.module(batch)
-        return output.float().cpu().numpy()
+        needed = sum(t.nbytes for t in tensors)
+        if self.max_batch_bytes is not None and needed > self.max_batch_bytes:
+            raise BatchMemoryError(f"a batch of {len(tensors)} rows needs {needed} bytes, "
+                                   f"over max_batch_bytes={self.max_batch_bytes}")
+        try:
+            batch = torch.stack(tensors)
+            if self.device != "cpu":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), self._autocast():
+                output = self.module(batch)
+            return output.float().cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the smaller retries the memory back
+            raise

@@ -21,6 +21,9 @@ class PoolSettings:
     precision: autocast dtype on GPU ("fp32" disables autocast).
     max_in_flight: batches each Spark task keeps in flight per actor (backpressure).
     idle_timeout_s: the pool stops itself after this long without work (0: never).
+    batch_timeout_s: a job fails with a clear error when one batch gets no answer in time.
+    max_batch_bytes: host memory cap for one model batch's input tensor; a larger batch
+    fails like an out-of-memory error and is split (None: no cap).
     """
 
     num_actors: int | None = None
@@ -35,6 +38,7 @@ class PoolSettings:
     max_in_flight: int = 2
     idle_timeout_s: float = 3600.0
     batch_timeout_s: float = 600.0
+    max_batch_bytes: int | None = None
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -46,13 +50,20 @@ class PoolSettings:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ConfigurationError(f"num_actors must be >= 1, got {self.num_actors}")
+        if self.batch_timeout_s <= 0:
+            raise ConfigurationError(f"batch_timeout_s must be > 0, got {self.batch_timeout_s}")
+        if self.max_batch_bytes is not None and self.max_batch_bytes < 1:
+            raise ConfigurationError(f"max_batch_bytes must be >= 1, got {self.max_batch_bytes}")
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
     def compute_settings(self) -> dict:
         """The settings that change what an actor computes: part of the pool's key."""
-        return {"device": self.device, "precision": self.precision,
-                "channels_last": self.channels_last, "batch_size": self.batch_size}
+        compute = {"device": self.device, "precision": self.precision,
+                   "channels_last": self.channels_last, "batch_size": self.batch_size}
+        if self.max_batch_bytes is not None:
+            compute["max_batch_bytes"] = self.max_batch_bytes
+        return compute
 
 
 @dataclass(frozen=True)
