@@ -163,13 +163,19 @@ class PoolManager:
                 statuses = ray.get([a.status.remote() for a in self.actors()], timeout=30)
             except Exception:
                 continue
-            if not self.is_started():
+            # A start, scale or heal in progress holds the lock: that is not idleness.
+            if not self.is_started() or not self._lock.acquire(blocking=False):
                 continue
-            last_used = max([s["last_used"] for s in statuses], default=0.0)
-            if time.time() - max(last_used, self._last_change) > self.settings.idle_timeout_s:
+            try:
+                last_used = max([s["last_used"] for s in statuses], default=0.0)
+                idle = time.time() - max(last_used, self._last_change)
+                if idle <= self.settings.idle_timeout_s:
+                    continue
                 self.stop()
-                ray.kill(ray.get_runtime_context().current_actor)
-                return
+            finally:
+                self._lock.release()
+            ray.kill(ray.get_runtime_context().current_actor)
+            return
 
     # -- reporting -------------------------------------------------------------------
     def describe(self) -> dict:
