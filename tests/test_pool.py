@@ -72,19 +72,20 @@ SECOND_DRIVER = textwrap.dedent("""
     from hybrid_infer import infer, read_images, start_runtime
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.pool.settings import PoolSettings
-    address, images = sys.argv[1], sys.argv[2]
+    address, images, pool_name = sys.argv[1:4]
     settings = PoolSettings(num_actors=2, batch_size=%d, torch_threads=1)
     with start_runtime(ray_address=address) as runtime:
         rows = infer(read_images(runtime.spark, images), "%s", pool=settings,
                      ray_address=address).collect()
-        (name,) = Pool.names()
-        print("RESULT" + json.dumps({"rows": len(rows), "status": Pool.get(name).status()}))
+        status = Pool.get(pool_name).status()
+        print("RESULT" + json.dumps({"rows": len(rows), "status": status}))
 """ % (TEST_BATCH, TEST_MODEL))
 
 
 def test_second_driver_process_reuses_the_warm_pool(ray_address, image_dir, warm_pool):
     before = warm_pool.status()
-    result = subprocess.run([sys.executable, "-c", SECOND_DRIVER, ray_address, image_dir],
+    result = subprocess.run([sys.executable, "-c", SECOND_DRIVER, ray_address, image_dir,
+                             warm_pool.name],
                             capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, **RAY_ENV})
     assert result.returncode == 0, result.stderr[-3000:]
