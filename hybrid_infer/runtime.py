@@ -141,6 +141,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address is None:
         _keep_ray_on_loopback()
         ray.init(
+            address="local",  # a new head: never silently join a cluster found on disk
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
             num_cpus=num_cpus,

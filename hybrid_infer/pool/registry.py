@@ -125,6 +125,7 @@ class PoolManager:
             max_concurrency=64,
             max_restarts=0,
             scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
         )
         actor = remote_cls.remote(self.spec, self._weights_ref, settings, self.key.name, index)
         self._indices[actor._actor_id.hex()] = index
