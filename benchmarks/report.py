@@ -77,7 +77,8 @@ def mode_rows(results: dict, config: dict) -> list[dict]:
                    "model_loads": run["model_loads"], "optimize": optimize,
                    "ratio_to_ceiling": round(throughput / own_ceiling, 3) if own_ceiling else None,
                    "ceiling_used": optimize if optimize in ceilings else "none",
-                   "small_job_s": round(small_wall, 3) if small_wall else None,
+                   "small_job_s": (round(small_wall, 3) if small_wall and suffix != "cold"
+                                   else None),
                    **result.get("memory", {})}
             if small_wall and suffix != "cold":
                 # steady throughput: marginal rate between the small and the main job
@@ -120,8 +121,9 @@ def sweep_curves(results: dict, config: dict) -> dict:
 
 def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
     header = ("| mode | images/s | x ceiling | x udf | first result s | small job s "
-              "| fixed overhead s | peak PSS MiB | peak RSS MiB | model loads |")
-    lines = [header, "|" + "---|" * 10]
+              "| fixed overhead s (marginal) | fixed overhead s (vs ceiling) "
+              "| peak PSS MiB | peak RSS MiB | model loads |")
+    lines = [header, "|" + "---|" * 11]
 
     def fmt(value, pattern="{:.2f}"):
         return "-" if value is None else pattern.format(value)
@@ -132,16 +134,17 @@ def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
             f"| {fmt(row['images_per_s'], '{:.1f}')} | {fmt(row['ratio_to_ceiling'])} "
             f"| {fmt(row['ratio_to_udf'])} | {fmt(row['first_result_s'])} "
             f"| {fmt(row.get('small_job_s'))} | {fmt(row.get('fixed_overhead_s'))} "
+            f"| {fmt(row.get('small_job_overhead_vs_ceiling_s'))} "
             f"| {fmt(row.get('peak_pss_mib'), '{:.0f}')} | {fmt(row.get('peak_rss_mib'), '{:.0f}')} "
             f"| {fmt(row['model_loads'], '{}')} |")
     for variant, figures in ceiling.get("model", {}).items():
         lines.append(f"| ceiling: model only ({variant}) | {figures['images_per_s']:.1f} | 1.00 "
-                     f"| - | - | - | - | - | - | 1 |")
+                     f"| - | - | - | - | - | - | - | 1 |")
     for key, value in ceiling.items():
         if key.startswith("decode_images_per_s"):
             threads = key.rsplit("_", 2)[-2]
             lines.append(f"| decode only ({threads} thread{'s' if threads != '1' else ''}) "
-                         f"| {value:.1f} | - | - | - | - | - | - | - | - |")
+                         f"| {value:.1f} | - | - | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -171,7 +174,8 @@ def chart(rows: list[dict], curves: dict, path: str, title: str) -> None:
     axes[2].set_ylabel("images/s")
     axes[2].set_title("partition count sweep")
     for axis in axes[1:]:
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
