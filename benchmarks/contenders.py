@@ -361,7 +361,8 @@ def run_ray_data_contender(config: dict) -> dict:
             ds = (ray.data.from_spark(df)
                   .map_batches(decode, batch_size=config["batch_size"], batch_format="numpy")
                   .map_batches(Predictor, batch_size=config["batch_size"],
-                               batch_format="numpy", concurrency=1, num_cpus=1))
+                               batch_format="numpy", concurrency=1, num_cpus=1,
+                               num_gpus=1 if config["device"] == "cuda" else 0))
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 first_at = first_at or time.time()
                 paths.extend(local_path(p) for p in batch["path"])
