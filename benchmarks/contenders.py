@@ -267,10 +267,13 @@ def run_hybrid_contender(config: dict) -> dict:
                                  object_store_memory=config["object_store_bytes"])
     spark = spark_session(config)
     spec = ModelSpec(config["model"], seed=config["seed"])
-    settings = PoolSettings(num_actors=1, batch_size=config["batch_size"],
+    actors = config.get("actors", 1)
+    settings = PoolSettings(num_actors=actors, batch_size=config["batch_size"],
                             device=config["device"], precision=config["precision"],
                             channels_last=config["channels_last"],
-                            optimize=config["optimize"], torch_threads=config["threads"],
+                            optimize=config["optimize"],
+                            torch_threads=max(1, config["threads"] // actors),
+                            decode_threads=max(1, config.get("decode_threads", 2) // actors),
                             idle_timeout_s=0)
     state = {"pool": None, "used": False}
 
@@ -293,7 +296,7 @@ def run_hybrid_contender(config: dict) -> dict:
 
     ray.shutdown()
     actor = status["actors"][0]
-    return {"jobs": log.jobs, "pool_load_s": actor["load_seconds"],
+    return {"jobs": log.jobs, "pool_load_s": actor["load_seconds"], "actors": actors,
             "optimize_s": actor.get("optimize_seconds", 0.0), "optimize": config["optimize"]}
 
 
@@ -329,6 +332,7 @@ def run_ray_data_contender(config: dict) -> dict:
         data.frame(job["rows"], job["partitions"])
     spec = ModelSpec(config["model"], seed=config["seed"])
     stamp_dir = config["stamp_dir"]
+    actors = config.get("actors", 1)  # like the hybrid pool: the threads split among them
 
     def decode(batch: dict) -> dict:
         import torch
@@ -342,7 +346,8 @@ def run_ray_data_contender(config: dict) -> dict:
     class Predictor:
         def __init__(self):
             stamp(stamp_dir, LOAD)
-            self.runner = make_runner(config, spec.load_module())
+            self.runner = make_runner(config, spec.load_module(),
+                                      threads=max(1, config["threads"] // actors))
 
         def __call__(self, batch: dict) -> dict:
             import torch
@@ -361,7 +366,7 @@ def run_ray_data_contender(config: dict) -> dict:
             ds = (ray.data.from_spark(df)
                   .map_batches(decode, batch_size=config["batch_size"], batch_format="numpy")
                   .map_batches(Predictor, batch_size=config["batch_size"],
-                               batch_format="numpy", concurrency=1, num_cpus=1,
+                               batch_format="numpy", concurrency=actors, num_cpus=1,
                                num_gpus=1 if config["device"] == "cuda" else 0))
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 first_at = first_at or time.time()

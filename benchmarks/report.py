@@ -79,6 +79,7 @@ def mode_rows(results: dict, config: dict) -> list[dict]:
                    "ceiling_used": optimize if optimize in ceilings else "none",
                    "small_job_s": (round(small_wall, 3) if small_wall and suffix != "cold"
                                    else None),
+                   "load_average": result.get("load_average"),
                    **result.get("memory", {})}
             if small_wall and suffix != "cold":
                 # steady throughput: marginal rate between the small and the main job
@@ -122,8 +123,8 @@ def sweep_curves(results: dict, config: dict) -> dict:
 def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
     header = ("| mode | images/s | x ceiling | x udf | first result s | small job s "
               "| fixed overhead s (marginal) | fixed overhead s (vs ceiling) "
-              "| peak PSS MiB | peak RSS MiB | model loads |")
-    lines = [header, "|" + "---|" * 11]
+              "| peak PSS MiB | peak RSS MiB | model loads | load avg |")
+    lines = [header, "|" + "---|" * 12]
 
     def fmt(value, pattern="{:.2f}"):
         return "-" if value is None else pattern.format(value)
@@ -136,15 +137,16 @@ def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
             f"| {fmt(row.get('small_job_s'))} | {fmt(row.get('fixed_overhead_s'))} "
             f"| {fmt(row.get('small_job_overhead_vs_ceiling_s'))} "
             f"| {fmt(row.get('peak_pss_mib'), '{:.0f}')} | {fmt(row.get('peak_rss_mib'), '{:.0f}')} "
-            f"| {fmt(row['model_loads'], '{}')} |")
+            f"| {fmt(row['model_loads'], '{}')} "
+            f"| {'-' if not row.get('load_average') else '%.0f-%.0f' % tuple(row['load_average'])} |")
     for variant, figures in ceiling.get("model", {}).items():
         lines.append(f"| ceiling: model only ({variant}) | {figures['images_per_s']:.1f} | 1.00 "
-                     f"| - | - | - | - | - | - | - | 1 |")
+                     f"| - | - | - | - | - | - | - | 1 | - |")
     for key, value in ceiling.items():
         if key.startswith("decode_images_per_s"):
             threads = key.rsplit("_", 2)[-2]
             lines.append(f"| decode only ({threads} thread{'s' if threads != '1' else ''}) "
-                         f"| {value:.1f} | - | - | - | - | - | - | - | - | - |")
+                         f"| {value:.1f} | - | - | - | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads for the model (per process for ceiling, pool "
                              "and Ray Data; split across task slots for predict_batch_udf)")
+    parser.add_argument("--actors", type=int, default=1,
+                        help="hybrid pool actors; the --threads are split between them "
+                             "(they share one object-store copy of the weights)")
     parser.add_argument("--spark-slots", type=int, default=2, help="local[N] task slots")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
@@ -159,6 +162,7 @@ def run_contender(name: str, args, image_dir: str, run_dir: str) -> dict:
         "precision": args.precision, "channels_last": args.channels_last,
         "optimize": args.optimize if (optimized or runner == "ceiling") else "none",
         "spark_slots": args.spark_slots, "rows": args.images, "decode_threads": 2,
+        "actors": args.actors,
         "ray_cpus": max(4, args.spark_slots + 2), "object_store_bytes": 1 << 30,
         "jobs": [] if runner == "ceiling" else job_plan(args, runner),
     }
@@ -171,6 +175,7 @@ def run_contender(name: str, args, image_dir: str, run_dir: str) -> dict:
         "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
     print(f"== {name} ==", flush=True)
     started = time.time()
+    load_before = os.getloadavg()[0]
     log_path = os.path.join(work_dir, "log.txt")
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, os.path.join(HERE, "contenders.py"),
@@ -192,6 +197,8 @@ def run_contender(name: str, args, image_dir: str, run_dir: str) -> dict:
     with open(result_path) as handle:
         result = json.load(handle)
     result["memory"] = memory.as_dict()
+    # the machine may be shared: the 1-minute load average before and after, as context
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"  done in {time.time() - started:.0f} s, peak PSS "
           f"{result['memory']['peak_pss_mib']:.0f} MiB", flush=True)
     return result
