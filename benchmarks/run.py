@@ -163,7 +163,11 @@ def run_contender(name: str, args, image_dir: str, run_dir: str) -> dict:
         "optimize": args.optimize if (optimized or runner == "ceiling") else "none",
         "spark_slots": args.spark_slots, "rows": args.images, "decode_threads": 2,
         "actors": args.actors,
-        "ray_cpus": max(4, args.spark_slots + 2), "object_store_bytes": 1 << 30,
+        # Ray Data needs CPUs for RayDP's executor, its decode tasks and its actors; the
+        # hybrid pool one per actor (what the embedded runtime gives it: one per core)
+        "ray_cpus": (max(4, args.spark_slots + 2) if runner == "ray_data"
+                     else max(os.cpu_count(), args.actors)),
+        "object_store_bytes": 1 << 30,
         "jobs": [] if runner == "ceiling" else job_plan(args, runner),
     }
     config_path = os.path.join(work_dir, "config.json")
