@@ -4,6 +4,7 @@
     python benchmarks/run.py --model resnet50 --images 256 --optimize freeze
     python benchmarks/run.py --full               # size sweep to 4096, partitions 2..32
     python benchmarks/run.py --device cuda        # bf16 autocast + channels_last on a GPU
+    python benchmarks/run.py --render results/bench-....json   # redraw an earlier run
     hybrid-infer bench ...                        # the same, through the CLI
 
 Each contender (see contenders.py) runs in its own process; this one generates the
@@ -265,7 +266,29 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def render(path: str) -> int:
+    """Rebuild the table and chart of an earlier run from its JSON (same figures)."""
+    with open(path) as handle:
+        summary = json.load(handle)
+    results = {k: v for k, v in summary["results"].items() if not v.get("failed")}
+    if any(not check["equal"] for check in summary["equality"].values()):
+        raise SystemExit(f"{path}: results differed across modes; nothing to render")
+    rows = report.mode_rows(results, summary["config"])
+    table = report.markdown_table(rows, results.get("ceiling", {}), summary["config"])
+    base = path[:-len(".json")]
+    report.chart(rows, report.sweep_curves(results, summary["config"]), base + ".png",
+                 os.path.basename(base))
+    with open(base + ".md", "w") as handle:
+        handle.write(f"{os.path.basename(base)}\n\nCommand: `{summary['command']}`\n\n"
+                     f"{table}\n")
+    print(table)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--render"]:
+        return render(argv[1])
     args = parse_args(argv)
     check_device(args.device)
     os.makedirs(args.out, exist_ok=True)
