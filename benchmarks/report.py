@@ -150,7 +150,9 @@ def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
     return "\n".join(lines)
 
 
-def chart(rows: list[dict], curves: dict, path: str, title: str) -> None:
+def chart(rows: list[dict], curves: dict, path: str, title: str,
+          ceilings: dict | None = None) -> None:
+    """ceilings: variant -> model-only images/s, drawn as lines on the throughput bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,6 +162,11 @@ def chart(rows: list[dict], curves: dict, path: str, title: str) -> None:
     names = [r["mode"] for r in rows]
     axes[0].barh(names, [r["images_per_s"] for r in rows], color="tab:blue")
     axes[0].invert_yaxis()
+    for variant, rate in (ceilings or {}).items():
+        axes[0].axvline(rate, linestyle="--", color="grey" if variant == "none" else "black",
+                        label=f"ceiling ({variant})")
+    if ceilings:
+        axes[0].legend(fontsize=8)
     axes[0].set_xlabel("images/s (end to end)")
     axes[0].set_title("throughput, main job")
     for name, curve in curves.items():

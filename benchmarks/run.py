@@ -266,6 +266,10 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _ceilings(results: dict) -> dict:
+    return {k: v["images_per_s"] for k, v in results.get("ceiling", {}).get("model", {}).items()}
+
+
 def render(path: str) -> int:
     """Rebuild the table and chart of an earlier run from its JSON (same figures)."""
     with open(path) as handle:
@@ -277,7 +281,7 @@ def render(path: str) -> int:
     table = report.markdown_table(rows, results.get("ceiling", {}), summary["config"])
     base = path[:-len(".json")]
     report.chart(rows, report.sweep_curves(results, summary["config"]), base + ".png",
-                 os.path.basename(base))
+                 os.path.basename(base), _ceilings(results))
     with open(base + ".md", "w") as handle:
         handle.write(f"{os.path.basename(base)}\n\nCommand: `{summary['command']}`\n\n"
                      f"{table}\n")
@@ -327,7 +331,8 @@ def main(argv=None) -> int:
         title = (f"{args.model}, {args.images} JPEGs, {args.partitions} partitions, "
                  f"{args.device} {args.precision}, {summary['machine']['cores']} cores, "
                  f"{stamp}")
-        report.chart(summary["rows"], summary["curves"], base + ".png", title)
+        report.chart(summary["rows"], summary["curves"], base + ".png", title,
+                     _ceilings(measured))
         with open(base + ".md", "w") as handle:
             handle.write(f"{title}\n\nCommand: `{summary['command']}`\n\n{table}\n")
     print(f"wrote {base}.json" + ("" if not_equal else " .md .png"))
