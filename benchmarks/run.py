@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
     merge_ceilings(results)
     checks = equality(results, run_dir, args)
     config = {k: v for k, v in vars(args).items()}
-    summary = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+    summary = {"command": "python benchmarks/run.py " + shlex.join(argv),
                "config": config, "machine": machine(), "total_s": round(time.time() - started),
                "dataset": {"directory": image_dir, "images": count},
                "equality": checks, "results": results}
