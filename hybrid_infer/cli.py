@@ -37,6 +37,8 @@ def _add_pool_options(parser):
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
+                       help="one-time model optimisation paid at pool start (default: none)")
     group.add_argument("--idle-timeout", type=float, default=3600.0,
                        help="seconds without work before the pool stops itself (0: never)")
 
@@ -46,7 +48,8 @@ def _pool_settings(args):
 
     return PoolSettings(num_actors=args.num_actors, batch_size=args.batch_size,
                         device=args.device, precision=args.precision,
-                        channels_last=args.channels_last, idle_timeout_s=args.idle_timeout)
+                        channels_last=args.channels_last, optimize=args.optimize,
+                        idle_timeout_s=args.idle_timeout)
 
 
 def _model_spec(args):
@@ -190,6 +193,9 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     handler = {"demo": cmd_demo, "run": cmd_run, "pool": cmd_pool, "bench": cmd_bench}
     try:

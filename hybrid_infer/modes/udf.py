@@ -38,7 +38,9 @@ class ImageBytesDataset:
 
 
 def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
-            batch_size: int = 32, loader_workers: int = 0):
+            batch_size: int = 32, loader_workers: int = 0, device: str = "cpu"):
+    """df -> DataFrame(id_cols..., prediction, error[, top_k]); device "cuda" moves the
+    model and each batch to the GPU, as the recipe does there (fp32, no other tuning)."""
     from pyspark.sql.functions import col, pandas_udf
 
     from hybrid_infer.decode import ImageDecoder
@@ -56,13 +58,13 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
 
         model = spec.build_module()
         model.load_state_dict(state_dict.value)
-        model.eval()
+        model.eval().to(device)
         loader = DataLoader(ImageBytesDataset(values, ImageDecoder(preprocess)),
                             batch_size=batch_size, num_workers=loader_workers)
         logits, errors = [], []
         with torch.no_grad():
             for images, reasons in loader:
-                logits.append(model(images).numpy())
+                logits.append(model(images.to(device)).cpu().numpy())
                 errors.extend(reason or None for reason in reasons)
         stacked = np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)
         return result_batch(stacked, errors, top_k).to_pandas()

@@ -46,7 +46,8 @@ class InferenceActor:
         self._weights = weights
         module = module_from_arrays(spec, weights)
         self.runner = ModelRunner(module, settings.device, settings.precision,
-                                  settings.channels_last, settings.max_batch_bytes)
+                                  settings.channels_last, settings.max_batch_bytes,
+                                  settings.optimize, (settings.batch_size, 3, 224, 224))
         self.pipeline = InferencePipeline(self.runner, settings.batch_size,
                                           settings.decode_threads)
         self._decoders: dict[Preprocess, ImageDecoder] = {}
@@ -83,6 +84,8 @@ class InferenceActor:
             "uptime_s": round(time.time() - self.started_at, 1),
             "model_loads": self.model_loads,
             "load_seconds": round(self.load_seconds, 3),
+            "optimize": self.runner.optimize,
+            "optimize_seconds": round(self.runner.optimize_seconds, 3),
             "requests": stats.requests,
             "batches": stats.batches,
             "rows": stats.rows,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+import warnings
 
 import numpy as np
 
@@ -29,25 +31,54 @@ class ModelRunner:
 
     On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
     autocast runs in the chosen precision. On CPU the module keeps the object-store
-    memory it was built on (no copy) unless channels_last asks for a re-layout.
+    memory it was built on (no copy) unless channels_last or `optimize` asks for a
+    re-layout. `optimize` ("none", "freeze", "compile") is applied once, here, and
+    warmed up on `example_shape` so that its cost is paid at pool start, not by a job;
+    `optimize_seconds` reports that cost.
     A batch over `max_batch_bytes`, or one hitting CUDA out-of-memory, raises a
     MemoryError-like error: the pipeline splits it and retries the halves.
     """
 
     def __init__(self, module, device: str = "auto", precision: str = "fp32",
-                 channels_last: bool = False, max_batch_bytes: int | None = None):
+                 channels_last: bool = False, max_batch_bytes: int | None = None,
+                 optimize: str = "none", example_shape: tuple[int, ...] = (8, 3, 224, 224)):
         import torch
 
         self.max_batch_bytes = max_batch_bytes
         self.device = resolve_device(device)
         self.precision = precision
         self.channels_last = channels_last
+        self.optimize = optimize
         if self.device != "cpu":
             module = module.to(self.device)
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.optimize_seconds = 0.0
+        if optimize != "none":
+            started = time.perf_counter()
+            self.module = self._optimized(module, optimize, example_shape)
+            self.optimize_seconds = time.perf_counter() - started
+
+    def _optimized(self, module, optimize: str, example_shape: tuple[int, ...]):
+        """The module after a one-time optimisation, warmed up on an example batch."""
+        import torch
+
+        example = torch.zeros(example_shape)
+        if optimize == "freeze":
+            with warnings.catch_warnings(), torch.no_grad():
+                # TorchScript is deprecated in favour of torch.compile but still folds
+                # conv+bn and fuses ops with no compiler toolchain and no compile wait.
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                scripted = torch.jit.script(module)
+                module = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+        elif optimize == "compile":
+            module = torch.compile(module)
+        self.module = module
+        for _ in range(2):  # the JIT specialises over its first runs; compile on the first
+            self(list(example))
+        return module
 
     def _autocast(self):
         import torch

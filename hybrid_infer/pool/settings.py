@@ -10,6 +10,8 @@ from hybrid_infer.errors import ConfigurationError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: One-time model optimisations a long-lived actor can afford (see pool/runner.py).
+OPTIMIZATIONS = ("none", "freeze", "compile")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class PoolSettings:
     batch_timeout_s: a job fails with a clear error when one batch gets no answer in time.
     max_batch_bytes: host memory cap for one model batch's input tensor; a larger batch
     fails like an out-of-memory error and is split (None: no cap).
+    optimize: a one-time optimisation paid once per actor at pool start: "freeze"
+    (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
+    predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
+    actor its own copy of the (folded) weights instead of the shared object-store copy.
     """
 
     num_actors: int | None = None
@@ -31,6 +37,7 @@ class PoolSettings:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    optimize: str = "none"
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float | None = None
     torch_threads: int | None = None
@@ -46,6 +53,13 @@ class PoolSettings:
         if self.precision not in PRECISIONS:
             raise ConfigurationError(
                 f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimize not in OPTIMIZATIONS:
+            raise ConfigurationError(
+                f"optimize must be one of {OPTIMIZATIONS}, got {self.optimize!r}")
+        if self.optimize == "freeze" and self.precision != "fp32":
+            raise ConfigurationError(
+                "optimize='freeze' runs in fp32 only (TorchScript does not trace autocast): "
+                "use precision='fp32', or optimize='compile' for bf16/fp16")
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_actors is not None and self.num_actors < 1:
@@ -60,7 +74,8 @@ class PoolSettings:
     def compute_settings(self) -> dict:
         """The settings that change what an actor computes: part of the pool's key."""
         compute = {"device": self.device, "precision": self.precision,
-                   "channels_last": self.channels_last, "batch_size": self.batch_size}
+                   "channels_last": self.channels_last, "batch_size": self.batch_size,
+                   "optimize": self.optimize}
         if self.max_batch_bytes is not None:
             compute["max_batch_bytes"] = self.max_batch_bytes
         return compute
