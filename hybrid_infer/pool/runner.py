@@ -75,9 +75,12 @@ class ModelRunner:
                 module = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
         elif optimize == "compile":
             module = torch.compile(module)
-        self.module = module
+        example = example.to(self.device)
+        if self.channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
         for _ in range(2):  # the JIT specialises over its first runs; compile on the first
-            self(list(example))
+            with torch.inference_mode(), self._autocast():
+                module(example)
         return module
 
     def _autocast(self):
