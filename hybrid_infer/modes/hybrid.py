@@ -15,7 +15,7 @@ from hybrid_infer.output import result_spark_ddl
 from hybrid_infer.runtime import NAMESPACE, prepare_ray_address
 
 
-def _join_ray(address: str) -> None:
+def join_ray(address: str) -> None:
     """Connect this Spark Python worker to the pool's Ray cluster (once per process)."""
     import ray
 
@@ -38,7 +38,7 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
         from hybrid_infer.pool.dispatch import Dispatcher
         from hybrid_infer.pool.registry import Pool
 
-        _join_ray(ray_address)
+        join_ray(ray_address)
         dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
                                 timeout_s=timeout_s)
         slices = _slices(batches, rows_per_batch)
