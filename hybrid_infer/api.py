@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
-from hybrid_infer.models import ModelSpec
+from hybrid_infer.models import model_spec
 from hybrid_infer.pool.actor import RequestOptions
 from hybrid_infer.pool.settings import PoolSettings
 
@@ -17,27 +17,35 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
           preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
           batch_size: int | None = None, ray_address: str | None = None,
           rows_per_batch: int = 64, loader_workers: int = 0,
-          allow_pickle: bool = False):
+          allow_pickle: bool = False, input_shape: tuple[int, ...] | None = None):
     """Run an image model over `df` and return DataFrame(id_cols..., prediction, error).
 
-    model: a torchvision name or a ModelSpec. weights: "random" (seeded) or a local
-    state_dict file. input_col: the binary column (default: "content", or the only
-    binary column). id_cols: columns carried through to identify rows (default: every
-    other column). mode: "hybrid" (the warm Ray actor pool; Ray is joined at
-    `ray_address`, or started locally when none is running) or "udf" (the pandas-UDF
-    baseline). batch_size overrides pool.batch_size, the model's batch size.
+    model: a model spec (hybrid_infer.models), a torchvision name, "pkg.module:factory",
+    a TorchScript (.pt) or torch.export (.pt2) file, or an MLflow URI (models:/name/1).
+    weights: "random" (seeded) or a local state_dict file, for names and factories.
+    input_col: the binary column (default: "content", or the only binary column).
+    id_cols: columns carried through to identify rows (default: every other column).
+    mode: "hybrid" (the warm Ray actor pool; Ray is joined at `ray_address`, or
+    started locally when none is running) or "udf" (the pandas-UDF baseline).
+    batch_size overrides pool.batch_size, the model's batch size.
+    input_shape: for non-image inputs: input_col holds numeric arrays (e.g. array<float>),
+    each reshaped to this shape and passed to the model without decoding.
     Every input row comes back exactly once; `error` holds the reason when it failed.
     """
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(
-        model, weights=weights, seed=seed, allow_pickle=allow_pickle)
+    spec = model_spec(model, weights=weights, seed=seed, allow_pickle=allow_pickle)
     settings = pool or PoolSettings()
     if batch_size is not None:
         settings = PoolSettings(**{**settings.__dict__, "batch_size": batch_size})
+    if input_shape is not None:
+        if not input_col:
+            raise InputError("input_shape is for numeric array columns: pass input_col= too")
+        input_shape = tuple(int(n) for n in input_shape)
     input_col = input_col or _default_input_col(df)
-    id_cols = _resolve_id_cols(df, input_col, id_cols)
-    options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k)
+    id_cols = _resolve_id_cols(df, input_col, id_cols, binary=input_shape is None)
+    options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k,
+                             input_shape=input_shape)
 
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf
@@ -69,10 +77,14 @@ def _default_input_col(df) -> str:
                      f"{binary or 'none'}): pass input_col=")
 
 
-def _resolve_id_cols(df, input_col: str, id_cols: list[str] | None) -> list[str]:
+def _resolve_id_cols(df, input_col: str, id_cols: list[str] | None, *,
+                     binary: bool = True) -> list[str]:
     from hybrid_infer.sources import check_binary_column
 
-    check_binary_column(df, input_col)
+    if binary:
+        check_binary_column(df, input_col)
+    elif input_col not in df.columns:
+        raise InputError(f"input column {input_col!r} not found; the input has {df.columns}")
     names = df.columns
     if id_cols is None:
         return [name for name in names if name != input_col]

@@ -264,7 +264,7 @@ ERROR_CASES = {
     "combine columns into tensors.":
         (make_times_two_fn, lambda df: ("a", "b"), {}),
     "input_tensor_shapes must match columns":
-        (make_sum4_fn, lambda df: ("a", "b", "c", "d"), {"input_tensor_shapes": [[1], [1]]}),
+        (make_multi_sum_fn, lambda df: ("a", "b"), {"input_tensor_shapes": [[1], [1], [1]]}),
     "Prediction results must have same length as input data":
         (make_wrong_length_fn, lambda df: ("a",), {}),
 }

@@ -33,21 +33,24 @@ class ImageBytesDataset:
         try:
             return self.decoder(self.values[index]), ""
         except DecodeError as exc:
-            crop = self.decoder.preprocess.crop
-            return torch.zeros(3, crop, crop), str(exc)
+            shape = getattr(self.decoder, "shape", None)  # ArrayDecoder: non-image rows
+            if shape is None:
+                shape = (3, self.decoder.preprocess.crop, self.decoder.preprocess.crop)
+            return torch.zeros(shape), str(exc)
 
 
 def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
             batch_size: int = 32, loader_workers: int = 0):
     from pyspark.sql.functions import col, pandas_udf
 
-    from hybrid_infer.decode import ImageDecoder
+    from hybrid_infer.decode import ArrayDecoder, ImageDecoder
     from hybrid_infer.output import result_batch
 
     spark = df.sparkSession
     state_dict = spark.sparkContext.broadcast(spec.load_state_dict())
     top_k = options.top_k
     preprocess = options.preprocess
+    input_shape = options.input_shape
 
     @pandas_udf(result_spark_ddl(top_k))
     def predict(values: pd.Series) -> pd.DataFrame:
@@ -57,7 +60,8 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
         model = spec.build_module()
         model.load_state_dict(state_dict.value)
         model.eval()
-        loader = DataLoader(ImageBytesDataset(values, ImageDecoder(preprocess)),
+        decoder = ArrayDecoder(input_shape) if input_shape else ImageDecoder(preprocess)
+        loader = DataLoader(ImageBytesDataset(values, decoder),
                             batch_size=batch_size, num_workers=loader_workers)
         logits, errors = [], []
         with torch.no_grad():
