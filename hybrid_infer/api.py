@@ -17,7 +17,8 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
           preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
           batch_size: int | None = None, ray_address: str | None = None,
           rows_per_batch: int = 64, loader_workers: int = 0,
-          allow_pickle: bool = False, input_shape: tuple[int, ...] | None = None):
+          allow_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
+          class_names=None):
     """Run an image model over `df` and return DataFrame(id_cols..., prediction, error).
 
     model: a model spec (hybrid_infer.models), a torchvision name, "pkg.module:factory",
@@ -28,6 +29,8 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     mode: "hybrid" (the warm Ray actor pool; Ray is joined at `ray_address`, or
     started locally when none is running) or "udf" (the pandas-UDF baseline).
     batch_size overrides pool.batch_size, the model's batch size.
+    class_names: one name per class (a list, or a text file with one per line) so that
+    top_k results carry labels; default: the model spec's class_names, if any.
     input_shape: for non-image inputs: input_col holds numeric arrays (e.g. array<float>),
     each reshaped to this shape and passed to the model without decoding.
     Every input row comes back exactly once; `error` holds the reason when it failed.
@@ -45,13 +48,15 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     input_col = input_col or _default_input_col(df)
     id_cols = _resolve_id_cols(df, input_col, id_cols, binary=input_shape is None)
     options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k,
-                             input_shape=input_shape)
+                             input_shape=input_shape,
+                             class_names=_class_names(class_names, spec))
 
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf
 
         return run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols, options=options,
-                       batch_size=settings.batch_size, loader_workers=loader_workers)
+                       batch_size=settings.batch_size, loader_workers=loader_workers,
+                       embedding_layer=settings.embedding_layer)
 
     from hybrid_infer.modes.hybrid import run_hybrid
     from hybrid_infer.pool.registry import Pool
@@ -63,6 +68,19 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
                       id_cols=id_cols, options=options, rows_per_batch=rows_per_batch,
                       max_in_flight=settings.max_in_flight,
                       timeout_s=settings.batch_timeout_s)
+
+
+def _class_names(class_names, spec) -> tuple[str, ...] | None:
+    if class_names is None:
+        class_names = getattr(spec, "class_names", None)
+    if isinstance(class_names, str):
+        try:
+            with open(class_names, encoding="utf-8") as handle:
+                class_names = [line.rstrip("\n") for line in handle if line.strip()]
+        except OSError as exc:
+            raise InputError(f"cannot read class names from {class_names!r}: {exc}; pass a "
+                             "text file with one class name per line, or a list") from None
+    return tuple(str(name) for name in class_names) if class_names is not None else None
 
 
 def _default_input_col(df) -> str:

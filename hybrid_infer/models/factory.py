@@ -27,6 +27,8 @@ class FactorySpec:
     kwargs: tuple = ()
     seed: int = 0
     allow_pickle: bool = False
+    #: One name per output class, for top-k results (None: indices only).
+    class_names: tuple | None = None
 
     def __post_init__(self):
         if isinstance(self.kwargs, dict):

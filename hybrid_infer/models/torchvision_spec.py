@@ -32,6 +32,8 @@ class ModelSpec:
     seed: int = 0
     num_classes: int = 1000
     allow_pickle: bool = False
+    #: One name per output class, for top-k results (None: indices only).
+    class_names: tuple | None = None
 
     def __post_init__(self):
         if self.name not in SUPPORTED_MODELS:

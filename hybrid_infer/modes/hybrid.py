@@ -32,7 +32,8 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
     pool_name = pool.name
     id_schema = df.select(*id_cols).schema
     out_ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in id_schema.fields)
-    out_ddl = (out_ddl + ", " if out_ddl else "") + result_spark_ddl(options.top_k)
+    result_ddl = result_spark_ddl(options.top_k, options.class_names is not None)
+    out_ddl = (out_ddl + ", " if out_ddl else "") + result_ddl
 
     def infer_partition(batches):
         from hybrid_infer.pool.dispatch import Dispatcher

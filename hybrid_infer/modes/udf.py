@@ -40,7 +40,7 @@ class ImageBytesDataset:
 
 
 def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
-            batch_size: int = 32, loader_workers: int = 0):
+            batch_size: int = 32, loader_workers: int = 0, embedding_layer: str | None = None):
     from pyspark.sql.functions import col, pandas_udf
 
     from hybrid_infer.decode import ArrayDecoder, ImageDecoder
@@ -52,24 +52,30 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
     preprocess = options.preprocess
     input_shape = options.input_shape
 
-    @pandas_udf(result_spark_ddl(top_k))
+    class_names = options.class_names
+
+    @pandas_udf(result_spark_ddl(top_k, class_names is not None))
     def predict(values: pd.Series) -> pd.DataFrame:
         import torch
         from torch.utils.data import DataLoader
 
+        from hybrid_infer.pool.runner import LayerTap
+
         model = spec.build_module()
         model.load_state_dict(state_dict.value)
         model.eval()
+        tap = LayerTap(model, embedding_layer) if embedding_layer else None
         decoder = ArrayDecoder(input_shape) if input_shape else ImageDecoder(preprocess)
         loader = DataLoader(ImageBytesDataset(values, decoder),
                             batch_size=batch_size, num_workers=loader_workers)
         logits, errors = [], []
         with torch.no_grad():
             for images, reasons in loader:
-                logits.append(model(images).numpy())
+                output = model(images)
+                logits.append((tap.take() if tap else output).numpy())
                 errors.extend(reason or None for reason in reasons)
         stacked = np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)
-        return result_batch(stacked, errors, top_k).to_pandas()
+        return result_batch(stacked, errors, top_k, class_names).to_pandas()
 
     result = predict(col(input_col)).alias("_result")
     return df.select(*id_cols, result).select(*id_cols, "_result.*")

@@ -26,6 +26,8 @@ class RequestOptions:
     top_k: int = 0
     #: Non-image inputs: rows are numeric arrays reshaped to this shape, not decoded.
     input_shape: tuple[int, ...] | None = None
+    #: One name per class: top-k results then carry the classes' names.
+    class_names: tuple[str, ...] | None = None
 
 
 class InferenceActor:
@@ -48,7 +50,7 @@ class InferenceActor:
         self._weights = weights
         module = module_from_arrays(spec, weights)
         self.runner = ModelRunner(module, settings.device, settings.precision,
-                                  settings.channels_last)
+                                  settings.channels_last, settings.embedding_layer)
         self.pipeline = InferencePipeline(self.runner, settings.batch_size,
                                           settings.decode_threads)
         self._decoders: dict = {}
@@ -63,7 +65,7 @@ class InferenceActor:
         outputs, errors = self.pipeline.run(values, decoder, self.settings.batch_timeout_s)
         if outputs is None:
             outputs = np.zeros((len(values), 0), dtype=np.float32)
-        return result_batch(outputs, errors, options.top_k)
+        return result_batch(outputs, errors, options.top_k, options.class_names)
 
     def _decoder(self, options: RequestOptions):
         key = options.input_shape or options.preprocess

@@ -21,6 +21,8 @@ class PoolSettings:
     precision: autocast dtype on GPU ("fp32" disables autocast).
     max_in_flight: batches each Spark task keeps in flight per actor (backpressure).
     idle_timeout_s: the pool stops itself after this long without work (0: never).
+    embedding_layer: return this layer's output (flattened) as `prediction` instead of
+    the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
     """
 
     num_actors: int | None = None
@@ -35,6 +37,7 @@ class PoolSettings:
     max_in_flight: int = 2
     idle_timeout_s: float = 3600.0
     batch_timeout_s: float = 600.0
+    embedding_layer: str | None = None
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -52,7 +55,8 @@ class PoolSettings:
     def compute_settings(self) -> dict:
         """The settings that change what an actor computes: part of the pool's key."""
         return {"device": self.device, "precision": self.precision,
-                "channels_last": self.channels_last, "batch_size": self.batch_size}
+                "channels_last": self.channels_last, "batch_size": self.batch_size,
+                "embedding_layer": self.embedding_layer}
 
 
 @dataclass(frozen=True)
