@@ -8,7 +8,7 @@ from hybrid_infer.models import model_spec
 from hybrid_infer.pool.actor import RequestOptions
 from hybrid_infer.pool.settings import PoolSettings
 
-MODES = ("hybrid", "udf")
+MODES = ("hybrid", "raydp", "udf")
 
 
 def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
@@ -27,7 +27,9 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     input_col: the binary column (default: "content", or the only binary column).
     id_cols: columns carried through to identify rows (default: every other column).
     mode: "hybrid" (the warm Ray actor pool; Ray is joined at `ray_address`, or
-    started locally when none is running) or "udf" (the pandas-UDF baseline).
+    started locally when none is running), "raydp" (Spark on Ray: df must come from
+    runtime.start_raydp_spark; Ray Data feeds the same warm pool) or "udf" (the
+    pandas-UDF baseline).
     batch_size overrides pool.batch_size, the model's batch size.
     class_names: one name per class (a list, or a text file with one per line) so that
     top_k results carry labels; default: the model spec's class_names, if any.
@@ -64,6 +66,13 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
 
     gcs_address, _ = connect_ray(ray_address)
     warm_pool = Pool.get_or_create(spec, settings)
+    if mode == "raydp":
+        from hybrid_infer.modes.raydp import run_raydp
+
+        return run_raydp(df, pool=warm_pool, input_col=input_col, id_cols=id_cols,
+                         options=options, rows_per_batch=rows_per_batch,
+                         max_in_flight=settings.max_in_flight,
+                         timeout_s=settings.batch_timeout_s)
     return run_hybrid(df, pool=warm_pool, ray_address=gcs_address, input_col=input_col,
                       id_cols=id_cols, options=options, rows_per_batch=rows_per_batch,
                       max_in_flight=settings.max_in_flight,
