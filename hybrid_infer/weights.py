@@ -54,7 +54,8 @@ def module_from_arrays(spec, arrays) -> "torch.nn.Module":  # noqa: F821
     """Rebuild spec's module around the arrays' memory, in eval mode, without grads."""
     module = spec.build_module(on_meta=True)
     module.load_state_dict(arrays_to_tensors(arrays), assign=True)
-    module.requires_grad_(False)
+    for parameter in module.parameters():  # (ScriptModules refuse module.requires_grad_)
+        parameter.requires_grad_(False)
     return module.eval()
 
 
