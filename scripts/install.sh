@@ -8,6 +8,6 @@ command -v "$PY" >/dev/null || PY=python3
 command -v java >/dev/null || { echo "install.sh: Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24" >/dev/null
-.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
+.venv/bin/python -m pip install --quiet -e ".[dev,bench,mlflow]"
 # Prove the torch/torchvision pair imports (a mismatched build fails here, not in a test).
 .venv/bin/python -c "import torch, torchvision, ray, pyspark, raydp; print(f'hybrid-infer installed: torch {torch.__version__}, torchvision {torchvision.__version__}, ray {ray.__version__}, pyspark {pyspark.__version__}')"
