@@ -46,5 +46,8 @@ def run_raydp(df, *, pool, input_col: str, id_cols: list[str], options,
                                     names=id_cols + result.column_names)
 
     dataset = ray.data.from_spark(df.select(*id_cols, input_col))
-    return dataset.map_batches(infer_block, batch_format="pyarrow", zero_copy_batch=True,
-                               num_cpus=0.25).to_spark(spark)
+    results = dataset.map_batches(infer_block, batch_format="pyarrow", zero_copy_batch=True,
+                                  num_cpus=0.25)
+    # Materialised once: to_spark would otherwise run the blocks again to find the schema,
+    # sending rows to the pool twice.
+    return results.materialize().to_spark(spark)
