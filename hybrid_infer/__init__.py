@@ -19,7 +19,7 @@ from hybrid_infer.sources import read_images, read_input, read_parquet
 
 __all__ = [
     "MODES", "ConfigurationError", "HybridInferError", "InputError", "ModelError", "ModelSpec",
-    "Pool", "PoolError", "PoolSettings", "Preprocess", "Runtime", "infer", "predict_batch_udf", "read_images",
-    "read_input", "read_parquet", "start_runtime",
+    "Pool", "PoolError", "PoolSettings", "Preprocess", "Runtime", "infer", "predict_batch_udf",
+    "read_images", "read_input", "read_parquet", "start_runtime",
 ]
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ def load_checkpoint(path: str, *, allow_pickle: bool = False) -> dict:
     except Exception as exc:
         hint = "" if allow_pickle else PICKLE_HINT
         raise ModelError(f"could not load checkpoint {path!r}: {exc}.{hint}") from exc
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
         raise ModelError(
