@@ -156,8 +156,9 @@ def test_untrusted_pickles_are_refused(in_memory, tmp_path):
     assert set(trusted.load_state_dict()) == set(in_memory.state_dict())
 
 
-def test_mlflow_model_uris(in_memory, inputs, tmp_path):
-    """models:/name/version, runs:/..., and a local path, from a file-based tracking store.
+def test_mlflow_model_uris(in_memory, inputs, tmp_path, monkeypatch):
+    """models:/name/version, runs:/..., and a local path, from a file-based tracking store;
+    the pt2 format (MLflow 3's default) loads safely, a pickled model only when allowed.
 
     MLflow is an optional extra; this test fails (it is not skipped) when it is missing.
     """
@@ -169,19 +170,34 @@ def test_mlflow_model_uris(in_memory, inputs, tmp_path):
     except ImportError:
         pytest.fail("mlflow is not installed: pip install 'hybrid-infer[mlflow]' "
                     "(the MLflow model source cannot be tested without it)")
+    # A local file-based tracking store (MLflow 3 keeps it behind an explicit opt-in).
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
+    example = inputs[:2].numpy()
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(  # batch dimension -1: exported with a dynamic batch
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
     with mlflow.start_run() as run:
-        mlflow.pytorch.log_model(in_memory, name="model",
+        mlflow.pytorch.log_model(in_memory, name="model", input_example=example,
+                                 signature=signature, serialization_format="pt2",
                                  registered_model_name="hybrid-infer-test")
+        mlflow.pytorch.log_model(in_memory, name="pickled", serialization_format="pickle")
     local_dir = str(tmp_path / "saved")
-    mlflow.pytorch.save_model(in_memory, local_dir)
-    with pytest.raises(ModelError, match="allow_pickle=True"):
-        MLflowSpec("models:/hybrid-infer-test/1")
+    mlflow.pytorch.save_model(in_memory, local_dir, input_example=example,
+                              signature=signature, serialization_format="pt2")
     with torch.no_grad():
         want = in_memory(inputs).numpy()
-        for uri in ("models:/hybrid-infer-test/1", f"runs:/{run.info.run_id}/model",
-                    f"mlflow:{local_dir}"):
-            spec = model_spec(uri, allow_pickle=True)
+        for uri, allow_pickle in (("models:/hybrid-infer-test/1", False),
+                                  (f"runs:/{run.info.run_id}/model", False),
+                                  (f"mlflow:{local_dir}", False),
+                                  (f"runs:/{run.info.run_id}/pickled", True)):
+            spec = model_spec(uri, allow_pickle=allow_pickle)
             assert isinstance(spec, MLflowSpec)
-            np.testing.assert_allclose(spec.load_module()(inputs).numpy(), want, atol=1e-4)
+            np.testing.assert_allclose(spec.load_module()(inputs).numpy(), want, atol=1e-4,
+                                       rtol=0)
             assert weights_digest(spec)
+    with pytest.raises(ModelError, match="allow_pickle=True"):
+        MLflowSpec(f"runs:/{run.info.run_id}/pickled")
