@@ -65,14 +65,15 @@ def predict_batch_udf(
     )
     settings = PoolSettings(**{**(pool or PoolSettings()).__dict__, "batch_size": batch_size})
     gcs_address, _ = connect_ray(ray_address)
-    pool_name = Pool.get_or_create(spec, settings).name
+    Pool.get_or_create(spec, settings)  # warm the pool now, not in the first task
     max_in_flight, timeout_s = settings.max_in_flight, settings.batch_timeout_s
 
     def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
         from hybrid_infer.pool.dispatch import Dispatcher
 
         join_ray(gcs_address)
-        warm_pool = Pool.get(pool_name)
+        # get_or_create, not get: a pool stopped since (idle timeout, `pool stop`) comes back.
+        warm_pool = Pool.get_or_create(spec, settings)
         num_expected_cols = len(input_names) if input_names else \
             len(_parameter_names(warm_pool))
         input_shapes = _dense_shapes(input_tensor_shapes, num_expected_cols)
