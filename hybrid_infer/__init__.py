@@ -7,6 +7,7 @@
 """
 
 from hybrid_infer.api import MODES, infer
+from hybrid_infer.batch_udf import predict_batch_udf
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import (ConfigurationError, HybridInferError, InputError,
                                  ModelError, PoolError)
@@ -18,7 +19,7 @@ from hybrid_infer.sources import read_images, read_input, read_parquet
 
 __all__ = [
     "MODES", "ConfigurationError", "HybridInferError", "InputError", "ModelError", "ModelSpec",
-    "Pool", "PoolError", "PoolSettings", "Preprocess", "Runtime", "infer", "read_images",
-    "read_input", "read_parquet", "start_runtime",
+    "Pool", "PoolError", "PoolSettings", "Preprocess", "Runtime", "infer", "predict_batch_udf",
+    "read_images", "read_input", "read_parquet", "start_runtime",
 ]
 __version__ = "0.1.0"

@@ -21,7 +21,9 @@ def _add_cluster_options(parser, *, ray_default=None):
 
 def _add_model_options(parser):
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet18", help="torchvision model name")
+    group.add_argument("--model", default="resnet18",
+                       help="torchvision name, package.module:factory, TorchScript .pt, "
+                       "torch.export .pt2 or MLflow URI (models:/name/version)")
     group.add_argument("--weights", default="random",
                        help="'random' (seeded) or a local state_dict file (.pt/.pth/.safetensors)")
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
@@ -53,10 +55,10 @@ def _pool_settings(args):
 
 
 def _model_spec(args):
-    from hybrid_infer.models import ModelSpec
+    from hybrid_infer.models import model_spec
 
-    return ModelSpec(args.model, weights=args.weights, seed=args.seed,
-                     allow_pickle=args.allow_pickle)
+    return model_spec(args.model, weights=args.weights, seed=args.seed,
+                      allow_pickle=args.allow_pickle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,3 +122,21 @@ def _to_rgb(image):
     if image.mode == "RGB":
         return image
     return image.convert("RGB")
+
+
+class ArrayDecoder:
+    """Callable for non-image rows: a numeric array (flat, or nested lists) -> a float32
+    tensor of `shape`, with no image decoding; raises DecodeError with the reason."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+    def __call__(self, value):
+        import torch
+
+        if value is None:
+            raise DecodeError("null value")
+        array = np.asarray(value, dtype=np.float32)
+        if array.size != int(np.prod(self.shape)):
+            raise DecodeError(f"{array.size} values cannot be reshaped to {list(self.shape)}")
+        return torch.from_numpy(array.reshape(self.shape))

@@ -122,6 +122,30 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
     return session, True
 
 
+def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: int = 1,
+                      executor_cores: int = 1, executor_memory: str = "1g",
+                      extra_conf: dict[str, str] | None = None):
+    """A Spark session running on the connected Ray cluster through RayDP.
+
+    Ray must be connected first (connect_ray sets the JVM flags Ray's Java workers
+    need). A process that already started a plain Spark JVM cannot start this one.
+    """
+    import raydp
+
+    conf = {**spark_conf_for_java17(),
+            "spark.ray.raydp_app_master.extraJavaOptions": JAVA17_OPTIONS_STR,
+            "spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK,
+            "spark.ui.enabled": "false", **(extra_conf or {})}
+    try:
+        return raydp.init_spark(app_name, num_executors, executor_cores, executor_memory,
+                                configs=conf)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"could not start RayDP's Spark on Ray: {exc}. Connect Ray first "
+            "(hybrid_infer.runtime.connect_ray) and do not start a plain Spark session in "
+            "the same process.") from exc
+
+
 def _python_executable() -> str:
     import sys
 
@@ -138,8 +162,11 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
+    from ray.job_config import JobConfig
+
+    # Ray's Java workers (RayDP's app master) need the Java 17 flags too.
     common = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                  configure_logging=True)
+                  configure_logging=True, job_config=JobConfig(jvm_options=JAVA17_OPTIONS))
     if address is None:
         _keep_ray_on_loopback()
         # An embedded head serves the engine's own actors, which get their own worker

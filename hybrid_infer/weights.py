@@ -54,7 +54,8 @@ def module_from_arrays(spec, arrays) -> "torch.nn.Module":  # noqa: F821
     """Rebuild spec's module around the arrays' memory, in eval mode, without grads."""
     module = spec.build_module(on_meta=True)
     module.load_state_dict(arrays_to_tensors(arrays), assign=True)
-    module.requires_grad_(False)
+    for parameter in module.parameters():  # (ScriptModules refuse module.requires_grad_)
+        parameter.requires_grad_(False)
     return module.eval()
 
 
@@ -66,15 +67,27 @@ _DIGEST_CACHE: dict = {}
 
 
 def weights_digest(spec) -> str:
-    """Identify the weights without building the model: the seed, or the file's bytes."""
+    """Identify the weights without building the model: the seed, or the bytes of the
+    weights file (or of every file of a model directory, e.g. an MLflow model)."""
     if spec.weights == "random":
         return f"random-seed-{spec.seed}"
-    stat = os.stat(spec.weights)
-    cache_key = (os.path.abspath(spec.weights), stat.st_size, stat.st_mtime_ns)
+    paths = _files_under(spec.weights)
+    stats = [os.stat(path) for path in paths]
+    cache_key = tuple((os.path.abspath(p), s.st_size, s.st_mtime_ns) for p, s in zip(paths, stats))
     if cache_key not in _DIGEST_CACHE:
         hasher = hashlib.blake2b(digest_size=16)
-        with open(spec.weights, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                hasher.update(chunk)
+        for path in paths:
+            if os.path.isdir(spec.weights):  # a directory: names count too
+                hasher.update(os.path.relpath(path, spec.weights).encode())
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    hasher.update(chunk)
         _DIGEST_CACHE[cache_key] = hasher.hexdigest()
     return _DIGEST_CACHE[cache_key]
+
+
+def _files_under(path: str) -> list[str]:
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                  for name in names)

@@ -12,6 +12,6 @@ log=.venv/install.log
 run_pip() { .venv/bin/python -m pip install "$@" >>"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }; }
 : >"$log"
 run_pip --upgrade "pip>=24"
-run_pip -e ".[dev,bench]"
+run_pip -e ".[dev,bench,mlflow]"
 # Prove the torch/torchvision pair imports (a mismatched build fails here, not in a test).
 .venv/bin/python -c "import torch, torchvision, ray, pyspark, raydp; print(f'hybrid-infer installed: torch {torch.__version__}, torchvision {torchvision.__version__}, ray {ray.__version__}, pyspark {pyspark.__version__}')"

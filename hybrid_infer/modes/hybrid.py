@@ -15,7 +15,7 @@ from hybrid_infer.output import result_spark_ddl
 from hybrid_infer.runtime import NAMESPACE, prepare_ray_address
 
 
-def _join_ray(address: str) -> None:
+def join_ray(address: str) -> None:
     """Connect this Spark Python worker to the pool's Ray cluster (once per process)."""
     import ray
 
@@ -32,13 +32,14 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
     pool_name = pool.name
     id_schema = df.select(*id_cols).schema
     out_ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in id_schema.fields)
-    out_ddl = (out_ddl + ", " if out_ddl else "") + result_spark_ddl(options.top_k)
+    result_ddl = result_spark_ddl(options.top_k, options.class_names is not None)
+    out_ddl = (out_ddl + ", " if out_ddl else "") + result_ddl
 
     def infer_partition(batches):
         from hybrid_infer.pool.dispatch import Dispatcher
         from hybrid_infer.pool.registry import Pool
 
-        _join_ray(ray_address)
+        join_ray(ray_address)
         dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
                                 timeout_s=timeout_s)
         slices = _slices(batches, rows_per_batch)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from hybrid_infer.decode import ImageDecoder, Preprocess
+from hybrid_infer.decode import ArrayDecoder, ImageDecoder, Preprocess
 from hybrid_infer.output import result_batch
 
 
@@ -24,6 +24,10 @@ class RequestOptions:
 
     preprocess: Preprocess = Preprocess()
     top_k: int = 0
+    #: Non-image inputs: rows are numeric arrays reshaped to this shape, not decoded.
+    input_shape: tuple[int, ...] | None = None
+    #: One name per class: top-k results then carry the classes' names.
+    class_names: tuple[str, ...] | None = None
 
 
 class InferenceActor:
@@ -47,25 +51,30 @@ class InferenceActor:
         module = module_from_arrays(spec, weights)
         self.runner = ModelRunner(module, settings.device, settings.precision,
                                   settings.channels_last, settings.max_batch_bytes,
-                                  settings.optimize, (settings.batch_size, 3, 224, 224))
+                                  settings.optimize, (settings.batch_size, 3, 224, 224),
+                                  settings.embedding_layer)
         self.pipeline = InferencePipeline(self.runner, settings.batch_size,
                                           settings.decode_threads)
-        self._decoders: dict[Preprocess, ImageDecoder] = {}
+        self._decoders: dict = {}
         self.model_loads = 1
         self.load_seconds = time.time() - started
         self.started_at = started
 
     def infer(self, batch: pa.RecordBatch, options: RequestOptions = RequestOptions()):
         """Predict for every row of a one-column batch of bytes; same row count back."""
-        decoder = self._decoders.get(options.preprocess)
-        if decoder is None:
-            decoder = self._decoders.setdefault(options.preprocess,
-                                                ImageDecoder(options.preprocess))
+        decoder = self._decoder(options)
         values = batch.column(0).to_pylist()
         outputs, errors = self.pipeline.run(values, decoder, self.settings.batch_timeout_s)
         if outputs is None:
             outputs = np.zeros((len(values), 0), dtype=np.float32)
-        return result_batch(outputs, errors, options.top_k)
+        return result_batch(outputs, errors, options.top_k, options.class_names)
+
+    def _decoder(self, options: RequestOptions):
+        key = options.input_shape or options.preprocess
+        if key not in self._decoders:
+            self._decoders[key] = (ArrayDecoder(options.input_shape) if options.input_shape
+                                   else ImageDecoder(options.preprocess))
+        return self._decoders[key]
 
     def ping(self) -> bool:
         return True

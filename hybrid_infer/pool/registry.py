@@ -5,6 +5,12 @@ namespace, plus its InferenceActors. The manager owns the object-store copy of t
 weights (the manager puts it), so the copy lives exactly as long as the pool,
 whichever driver created it. A second job with the same key finds the manager by name
 and reuses its warm actors; a job with a different model or weights gets its own pool.
+
+A pool serves a ModelSpec (image models on InferenceActor) by default. Any other spec
+may bring its own actor by defining `actor_class()` (constructed as
+`cls(spec, payload, settings, pool_name, index)`), `pool_payload()` (what the manager
+puts into the object store once) and `payload_digest()` (identifies that payload);
+e.g. pool/predict_fn_actor.py for predict_batch_udf's user functions.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ class PoolManager:
         with self._lock:
             if self._weights_ref is None:
                 self._weights_ref = ray.put(weights_arrays)
-                self._weights_bytes = nbytes(weights_arrays)
+                self._weights_bytes = (nbytes(weights_arrays) if isinstance(weights_arrays, dict)
+                                       else len(weights_arrays))
             self._scale_locked(num_actors)
             return list(self._actors)
 
@@ -121,11 +128,13 @@ class PoolManager:
 
         from hybrid_infer.pool.actor import InferenceActor
 
+        actor_class = (self.spec.actor_class() if hasattr(self.spec, "actor_class")
+                       else InferenceActor)
         settings = self.settings
         num_gpus = settings.num_gpus_per_actor
         if num_gpus is None:
             num_gpus = 1 if settings.device in ("auto", "cuda") and _cluster_gpus() else 0
-        remote_cls = ray.remote(InferenceActor).options(
+        remote_cls = ray.remote(actor_class).options(
             name=f"{self.key.name}-actor-{index}",
             namespace=NAMESPACE,
             lifetime="detached",
@@ -207,7 +216,9 @@ class Pool:
         from hybrid_infer.weights import state_dict_to_arrays, weights_digest
 
         settings = settings or PoolSettings()
-        key = PoolKey(spec.identity, weights_digest(spec), settings.compute_settings())
+        digest = (spec.payload_digest() if hasattr(spec, "payload_digest")
+                  else weights_digest(spec))
+        key = PoolKey(spec.identity, digest, settings.compute_settings())
         manager = ray.remote(PoolManager).options(
             name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=16, max_restarts=0,
@@ -218,8 +229,9 @@ class Pool:
             raise PoolError(f"pool {key.name} serves {existing.describe()}, "
                             f"not {key.describe()}: stop it first")
         if not ray.get(manager.is_started.remote()):
-            arrays = state_dict_to_arrays(spec.load_state_dict())
-            ray.get(manager.start.remote(arrays, settings.num_actors or _default_num_actors()))
+            payload = (spec.pool_payload() if hasattr(spec, "pool_payload")
+                       else state_dict_to_arrays(spec.load_state_dict()))
+            ray.get(manager.start.remote(payload, settings.num_actors or _default_num_actors()))
         return pool
 
     @classmethod

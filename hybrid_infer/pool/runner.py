@@ -26,6 +26,29 @@ class BatchMemoryError(MemoryError):
     """A model batch needs more host memory than PoolSettings.max_batch_bytes allows."""
 
 
+class LayerTap:
+    """Keeps the output of `module`'s layer named `layer` (e.g. "avgpool") from the last
+    forward pass, flattened to (n, features): embeddings instead of the final output."""
+
+    def __init__(self, module, layer: str):
+        from hybrid_infer.errors import ModelError
+
+        try:
+            target = module.get_submodule(layer)
+        except AttributeError:
+            names = [name for name, _ in module.named_modules() if name][:30]
+            raise ModelError(f"the model has no layer {layer!r}: use one of {names}") from None
+        self.output = None
+        target.register_forward_hook(self._keep)
+
+    def _keep(self, _module, _inputs, output) -> None:
+        self.output = output
+
+    def take(self):
+        output, self.output = self.output, None
+        return output.flatten(1)
+
+
 class ModelRunner:
     """Runs `module` on lists of CHW tensors and returns float32 NumPy logits.
 
@@ -41,7 +64,8 @@ class ModelRunner:
 
     def __init__(self, module, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, max_batch_bytes: int | None = None,
-                 optimize: str = "none", example_shape: tuple[int, ...] = (8, 3, 224, 224)):
+                 optimize: str = "none", example_shape: tuple[int, ...] = (8, 3, 224, 224),
+                 embedding_layer: str | None = None):
         import torch
 
         self.max_batch_bytes = max_batch_bytes
@@ -54,6 +78,7 @@ class ModelRunner:
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
+        self._tap = LayerTap(module, embedding_layer) if embedding_layer else None
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.optimize_seconds = 0.0
         if optimize != "none":
@@ -106,6 +131,8 @@ class ModelRunner:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
                 output = self.module(batch)
+                if self._tap is not None:
+                    output = self._tap.take()
             return output.float().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the smaller retries the memory back

@@ -30,6 +30,8 @@ class PoolSettings:
     (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
     predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
     actor its own copy of the (folded) weights instead of the shared object-store copy.
+    embedding_layer: return this layer's output (flattened) as `prediction` instead of
+    the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
     """
 
     num_actors: int | None = None
@@ -46,6 +48,7 @@ class PoolSettings:
     idle_timeout_s: float = 3600.0
     batch_timeout_s: float = 600.0
     max_batch_bytes: int | None = None
+    embedding_layer: str | None = None
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -56,6 +59,10 @@ class PoolSettings:
         if self.optimize not in OPTIMIZATIONS:
             raise ConfigurationError(
                 f"optimize must be one of {OPTIMIZATIONS}, got {self.optimize!r}")
+        if self.optimize == "freeze" and self.embedding_layer:
+            raise ConfigurationError(
+                "optimize='freeze' drops the hook that reads embedding_layer: use "
+                "optimize='none' or 'compile' for embeddings")
         if self.optimize == "freeze" and self.precision != "fp32":
             raise ConfigurationError(
                 "optimize='freeze' runs in fp32 only (TorchScript does not trace autocast): "
@@ -75,7 +82,7 @@ class PoolSettings:
         """The settings that change what an actor computes: part of the pool's key."""
         compute = {"device": self.device, "precision": self.precision,
                    "channels_last": self.channels_last, "batch_size": self.batch_size,
-                   "optimize": self.optimize}
+                   "optimize": self.optimize, "embedding_layer": self.embedding_layer}
         if self.max_batch_bytes is not None:
             compute["max_batch_bytes"] = self.max_batch_bytes
         return compute

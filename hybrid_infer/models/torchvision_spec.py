@@ -1,8 +1,4 @@
-"""Where a model comes from: one ModelSpec names the architecture and its weights.
-
-A ModelSpec is small and picklable: it travels to Spark tasks and Ray actors, which
-rebuild the module from it. The weights themselves travel separately (see weights.py).
-"""
+"""A torchvision architecture by name, with random (seeded) weights or a state_dict file."""
 
 from __future__ import annotations
 
@@ -10,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from hybrid_infer.errors import ModelError
+from hybrid_infer.models.checkpoint import load_checkpoint
 
 #: torchvision classification models the engine knows by name.
 SUPPORTED_MODELS = (
@@ -35,6 +32,8 @@ class ModelSpec:
     seed: int = 0
     num_classes: int = 1000
     allow_pickle: bool = False
+    #: One name per output class, for top-k results (None: indices only).
+    class_names: tuple | None = None
 
     def __post_init__(self):
         if self.name not in SUPPORTED_MODELS:
@@ -78,26 +77,3 @@ class ModelSpec:
         module.load_state_dict(self.load_state_dict(), assign=True)
         return module.eval()
 
-
-def load_checkpoint(path: str, *, allow_pickle: bool = False) -> dict:
-    """Read a state_dict from a .safetensors or torch.save file without running code."""
-    import torch
-
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as exc:
-        hint = ("" if allow_pickle else " If the file is trusted and holds pickled objects, "
-                "pass allow_pickle=True (--allow-pickle): that can run arbitrary code.")
-        raise ModelError(f"could not load checkpoint {path!r}: {exc}.{hint}") from exc
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ModelError(
-            f"checkpoint {path!r} holds a {type(loaded).__name__}, not a state_dict: save "
-            "it with torch.save(model.state_dict(), path)"
-        )
-    return loaded

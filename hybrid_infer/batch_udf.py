@@ -1,0 +1,133 @@
+"""`predict_batch_udf`: PySpark's function of the same name, served by a warm actor pool.
+
+Same signature and contract as `pyspark.ml.functions.predict_batch_udf` (PySpark 3.5):
+the Spark side converts columns to NumPy and validates predictions with PySpark's own
+helpers, so inputs, outputs and error messages are PySpark's. The difference is where
+`make_predict_fn` runs: once per pool actor (pool/predict_fn_actor.py), kept loaded
+across jobs and across UDF objects built from the same function and settings, instead
+of once per Spark Python worker and UDF object.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterator, List, Mapping, Optional, Union
+
+import pandas as pd
+from pyspark.ml.functions import (
+    _batched,
+    _has_tensor_cols,
+    _validate_and_transform_multiple_inputs,
+    _validate_and_transform_prediction_result,
+    _validate_and_transform_single_input,
+)
+
+from hybrid_infer.pool.predict_fn_actor import PredictFnSpec, PredictRequest
+from hybrid_infer.pool.settings import PoolSettings
+
+# One Ray round trip per Spark Python worker and pool for the predict fn's signature.
+_PARAMETER_NAMES: dict[str, list[str]] = {}
+
+
+def predict_batch_udf(
+    make_predict_fn: Callable[[], Callable],
+    *,
+    return_type,
+    batch_size: int,
+    input_tensor_shapes: Optional[Union[List[Optional[List[int]]], Mapping[int, List[int]]]] = None,
+    input_names: Optional[List[str]] = None,
+    pool: PoolSettings | None = None,
+    ray_address: str | None = None,
+):
+    """A pandas UDF running `make_predict_fn`'s predict function on the warm pool.
+
+    Arguments as in `pyspark.ml.functions.predict_batch_udf`, plus:
+    input_names: name each input column; predict then receives ONE dict
+    {name: ndarray} instead of positional arrays (shapes from input_tensor_shapes
+    still apply, in column order).
+    pool: PoolSettings for the actors (num_actors, CPUs/GPUs per actor...);
+    batch_size always comes from the argument above.
+    ray_address: the Ray cluster to use (default: the connected one, else a local one).
+    """
+    from pyspark import cloudpickle
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import DataType
+
+    from hybrid_infer.modes.hybrid import join_ray
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.runtime import connect_ray
+
+    type_text = return_type.json() if isinstance(return_type, DataType) else str(return_type)
+    spec = PredictFnSpec(
+        cloudpickle.dumps(make_predict_fn),
+        f"return_type={type_text} batch_size={batch_size} "
+        f"input_tensor_shapes={input_tensor_shapes!r} input_names={input_names!r}",
+    )
+    settings = PoolSettings(**{**(pool or PoolSettings()).__dict__, "batch_size": batch_size})
+    gcs_address, _ = connect_ray(ray_address)
+    Pool.get_or_create(spec, settings)  # warm the pool now, not in the first task
+    max_in_flight, timeout_s = settings.max_in_flight, settings.batch_timeout_s
+
+    def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+        from hybrid_infer.pool.dispatch import Dispatcher
+
+        join_ray(gcs_address)
+        # get_or_create, not get: a pool stopped since (idle timeout, `pool stop`) comes back.
+        warm_pool = Pool.get_or_create(spec, settings)
+        num_expected_cols = len(input_names) if input_names else \
+            len(_parameter_names(warm_pool))
+        input_shapes = _dense_shapes(input_tensor_shapes, num_expected_cols)
+        row_counts: deque[int] = deque()
+
+        def requests():
+            for pandas_batch in data:
+                has_tuple = isinstance(pandas_batch, tuple)
+                has_tensors = _has_tensor_cols(pandas_batch)
+                if has_tensors and not input_shapes:
+                    raise ValueError("Tensor columns require input_tensor_shapes")
+                for batch in _batched(pandas_batch, batch_size):
+                    inputs = _model_inputs(batch, num_expected_cols, input_shapes,
+                                           has_tensors, has_tuple)
+                    if input_names:
+                        inputs = [dict(zip(input_names, inputs))]
+                    row_counts.append(len(batch))
+                    yield PredictRequest(tuple(inputs), len(batch))
+
+        dispatcher = Dispatcher(warm_pool, None, max_in_flight=max_in_flight,
+                                timeout_s=timeout_s)
+        for preds in dispatcher.map(requests()):
+            yield _validate_and_transform_prediction_result(preds, row_counts.popleft(),
+                                                            return_type)
+
+    return pandas_udf(predict, return_type)
+
+
+def _model_inputs(batch: pd.DataFrame, num_expected_cols: int, input_shapes,
+                  has_tensors: bool, has_tuple: bool) -> list:
+    """The predict function's positional inputs, converted exactly as PySpark does."""
+    num_input_cols = len(batch.columns)
+    if num_input_cols == num_expected_cols and num_expected_cols > 1:
+        return _validate_and_transform_multiple_inputs(batch, input_shapes, num_input_cols)
+    if num_expected_cols == 1:
+        return [_validate_and_transform_single_input(batch, input_shapes, has_tensors,
+                                                     has_tuple)]
+    msg = "Model expected {} inputs, but received {} columns"
+    raise ValueError(msg.format(num_expected_cols, num_input_cols))
+
+
+def _dense_shapes(input_tensor_shapes, num_expected_cols: int):
+    """PySpark's sparse {index: shape} form as a list with None for scalar inputs."""
+    if isinstance(input_tensor_shapes, Mapping):
+        shapes: list = [None] * num_expected_cols
+        for index, shape in input_tensor_shapes.items():
+            shapes[index] = shape
+        return shapes
+    return input_tensor_shapes
+
+
+def _parameter_names(pool) -> list[str]:
+    import ray
+
+    if pool.name not in _PARAMETER_NAMES:
+        _PARAMETER_NAMES[pool.name] = ray.get(pool.actors()[0].parameter_names.remote())
+    return _PARAMETER_NAMES[pool.name]

@@ -1,0 +1,53 @@
+"""The `raydp` mode: Spark on Ray (RayDP) -> Ray Data -> the same warm pool -> Spark.
+
+`ray.data.from_spark` hands the DataFrame's partitions to Ray Data as Arrow blocks
+without leaving the Ray cluster; Ray Data tasks send each block's input column to the
+pool through the same Dispatcher as the hybrid mode (so the pool, its warm actors and
+its batching are shared with every other job), and `to_spark` turns the results
+back into a DataFrame of the RayDP session. Same output contract as every mode.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from hybrid_infer.errors import ConfigurationError
+
+
+def is_raydp_session(spark) -> bool:
+    return spark.sparkContext.master.startswith("ray")
+
+
+def run_raydp(df, *, pool, input_col: str, id_cols: list[str], options,
+              rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0):
+    import ray
+
+    spark = df.sparkSession
+    if not is_raydp_session(spark):
+        raise ConfigurationError(
+            "mode='raydp' needs a DataFrame of a RayDP Spark session (Spark on Ray): start "
+            "it with hybrid_infer.runtime.start_raydp_spark() in a process that has not "
+            "started a plain Spark session, or use mode='hybrid' on this session")
+    pool_name = pool.name
+
+    def infer_block(table: pa.Table) -> pa.Table:
+        from hybrid_infer.pool.dispatch import Dispatcher
+        from hybrid_infer.pool.registry import Pool
+
+        dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
+                                timeout_s=timeout_s)
+        pieces = table.select([input_col]).to_batches(max_chunksize=rows_per_batch)
+        results = list(dispatcher.map(iter(pieces)))
+        result = pa.Table.from_batches(results) if results else None
+        ids = table.select(id_cols)
+        if result is None:
+            return ids
+        return pa.Table.from_arrays(list(ids.columns) + list(result.columns),
+                                    names=id_cols + result.column_names)
+
+    dataset = ray.data.from_spark(df.select(*id_cols, input_col))
+    results = dataset.map_batches(infer_block, batch_format="pyarrow", zero_copy_batch=True,
+                                  num_cpus=0.25)
+    # Materialised once: to_spark would otherwise run the blocks again to find the schema,
+    # sending rows to the pool twice.
+    return results.materialize().to_spark(spark)

@@ -1,0 +1,130 @@
+"""A pool actor that serves a user's `make_predict_fn` (predict_batch_udf's contract).
+
+PySpark's predict_batch_udf calls `make_predict_fn` once per Spark Python worker and
+caches it per UDF object. Here the registry starts a pool whose actors each call it
+once, when they start, and keep the returned `predict` function for every later job and
+every UDF object built from the same function and settings: the pool is keyed by a
+digest of the cloudpickled `make_predict_fn` plus the UDF's settings (PredictFnSpec).
+
+The actor takes already-shaped NumPy inputs (the Spark side converts columns exactly
+as PySpark does) and returns the raw predictions; validation of the result against
+the return type also stays on the Spark side, so error messages match PySpark's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PredictFnSpec:
+    """What a predict-function pool serves: the pickled `make_predict_fn` + UDF settings.
+
+    settings_text is a canonical description of the UDF's settings (return type,
+    batch size, tensor shapes, input names): two UDFs share a pool only when their
+    functions pickle to the same bytes and these settings are equal.
+    """
+
+    pickled_make_predict_fn: bytes
+    settings_text: str
+
+    @property
+    def digest(self) -> str:
+        hasher = hashlib.sha256(self.pickled_make_predict_fn)
+        hasher.update(self.settings_text.encode())
+        return hasher.hexdigest()
+
+    @property
+    def identity(self) -> str:
+        return f"predict_fn:{self.settings_text}"
+
+    # -- the registry's spec protocol ---------------------------------------------------
+    def payload_digest(self) -> str:
+        return self.digest
+
+    def pool_payload(self) -> bytes:
+        return self.pickled_make_predict_fn
+
+    @staticmethod
+    def actor_class():
+        return PredictFnActor
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One batch for `predict`: positional NumPy inputs (or one dict when named)."""
+
+    inputs: tuple
+    num_rows: int
+
+
+class PredictFnActor:
+    """Wrapped with ray.remote by the registry. Runs make_predict_fn once, at start."""
+
+    def __init__(self, spec: PredictFnSpec, payload: bytes, settings, pool_name: str,
+                 index: int):
+        import pickle
+
+        started = time.time()
+        if settings.torch_threads:  # only when asked: the user's model may not be torch
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self.pool_name = pool_name
+        self.index = index
+        make_predict_fn = pickle.loads(payload)  # cloudpickle output loads with pickle
+        self.predict_fn = make_predict_fn()
+        self.model_loads = 1
+        self.load_seconds = time.time() - started
+        self.started_at = started
+        # User predict functions are not assumed thread-safe: one batch at a time.
+        self._lock = threading.Lock()
+        self.requests = self.batches = self.rows = self.max_batch_rows = 0
+        self.model_seconds = 0.0
+        self.last_used = time.time()
+
+    def parameter_names(self) -> list[str]:
+        """The predict function's parameters: their count picks single vs several inputs."""
+        return list(inspect.signature(self.predict_fn).parameters)
+
+    def infer(self, request: PredictRequest, options=None):
+        """predict_fn(*inputs) for one batch; the Dispatcher calls it like InferenceActor."""
+        with self._lock:
+            started = time.perf_counter()
+            self.requests += 1
+            try:
+                return self.predict_fn(*request.inputs)
+            finally:
+                self.model_seconds += time.perf_counter() - started
+                self.batches += 1
+                self.rows += request.num_rows
+                self.max_batch_rows = max(self.max_batch_rows, request.num_rows)
+                self.last_used = time.time()
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> dict:
+        import ray
+
+        context = ray.get_runtime_context()
+        return {
+            "index": self.index,
+            "actor_id": context.get_actor_id(),
+            "node_id": context.get_node_id(),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model_loads": self.model_loads,
+            "load_seconds": round(self.load_seconds, 3),
+            "requests": self.requests,
+            "batches": self.batches,
+            "rows": self.rows,
+            "max_batch_rows": self.max_batch_rows,
+            "model_seconds": round(self.model_seconds, 3),
+            "last_used": self.last_used,
+        }
