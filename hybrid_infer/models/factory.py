@@ -7,13 +7,11 @@ import os
 from dataclasses import dataclass
 
 from hybrid_infer.errors import ModelError
-from hybrid_infer.models.checkpoint import load_checkpoint
-
-RANDOM_WEIGHTS = "random"
+from hybrid_infer.models.base import RANDOM_WEIGHTS, CodeDefinedModel
 
 
 @dataclass(frozen=True)
-class FactorySpec:
+class FactorySpec(CodeDefinedModel):
     """factory: "package.module:function" (or a callable) returning an nn.Module.
 
     kwargs: keyword arguments for the factory, as a tuple of (name, value) pairs so the
@@ -55,24 +53,5 @@ class FactorySpec:
                 else str(factory))
         return f"factory:{name}:{dict(self.kwargs)}"
 
-    def build_module(self, *, on_meta: bool = False):
-        import torch
-
-        factory = self._resolve()
-        if on_meta:
-            with torch.device("meta"):
-                return factory(**dict(self.kwargs))
-        return factory(**dict(self.kwargs))
-
-    def load_state_dict(self) -> dict:
-        import torch
-
-        if self.weights == RANDOM_WEIGHTS:
-            torch.manual_seed(self.seed)
-            return self.build_module().state_dict()
-        return load_checkpoint(self.weights, allow_pickle=self.allow_pickle)
-
-    def load_module(self):
-        module = self.build_module(on_meta=True)
-        module.load_state_dict(self.load_state_dict(), assign=True)
-        return module.eval()
+    def _construct(self):
+        return self._resolve()(**dict(self.kwargs))

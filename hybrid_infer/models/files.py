@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from hybrid_infer.errors import ModelError
+from hybrid_infer.models.base import FileDefinedModel
 from hybrid_infer.models.checkpoint import PICKLE_HINT, weights_only_torch_load
 
 
@@ -21,7 +22,7 @@ def _check_file(path: str, kind: str) -> None:
                          "model file")
 
 
-class _WholeModelFile:
+class _WholeModelFile(FileDefinedModel):
     """Shared by the file sources: identity, weights and module from `_load()`."""
 
     path: str
@@ -33,17 +34,6 @@ class _WholeModelFile:
     @property
     def identity(self) -> str:
         return f"{self.kind}:{os.path.abspath(self.path)}"
-
-    def build_module(self, *, on_meta: bool = False):
-        # The file is the structure: there is no weightless build. The caller's
-        # load_state_dict(assign=True) then swaps in the object store's copy.
-        return self._load()
-
-    def load_state_dict(self) -> dict:
-        return {name: tensor.detach() for name, tensor in self._load().state_dict().items()}
-
-    def load_module(self):
-        return self._load().eval()
 
 
 @dataclass(frozen=True)

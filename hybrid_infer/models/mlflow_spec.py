@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from hybrid_infer.errors import ModelError
+from hybrid_infer.models.base import FileDefinedModel
 from hybrid_infer.models.files import ExportedProgramSpec
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:")
@@ -32,7 +33,7 @@ def import_mlflow():
 
 
 @dataclass(frozen=True)
-class MLflowSpec:
+class MLflowSpec(FileDefinedModel):
     uri: str
     allow_pickle: bool = False
     tracking_uri: str | None = None
@@ -83,12 +84,3 @@ class MLflowSpec:
         except Exception as exc:
             raise ModelError(f"could not load MLflow PyTorch model {self.uri!r}: {exc}") \
                 from exc
-
-    def build_module(self, *, on_meta: bool = False):
-        return self._load()
-
-    def load_state_dict(self) -> dict:
-        return {name: tensor.detach() for name, tensor in self._load().state_dict().items()}
-
-    def load_module(self):
-        return self._load().eval()

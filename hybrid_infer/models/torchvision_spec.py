@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from hybrid_infer.errors import ModelError
-from hybrid_infer.models.checkpoint import load_checkpoint
+from hybrid_infer.models.base import RANDOM_WEIGHTS, CodeDefinedModel
 
 #: torchvision classification models the engine knows by name.
 SUPPORTED_MODELS = (
@@ -14,11 +14,10 @@ SUPPORTED_MODELS = (
     "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
 )
 
-RANDOM_WEIGHTS = "random"
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(CodeDefinedModel):
     """A torchvision architecture plus where its weights come from.
 
     weights: "random" (initialised from `seed`, for tests and demos: no hub is reachable)
@@ -51,29 +50,9 @@ class ModelSpec:
         """What the architecture is, independent of the weight values."""
         return f"torchvision:{self.name}:{self.num_classes}"
 
-    def build_module(self, *, on_meta: bool = False):
-        """A fresh module with this architecture; on_meta skips allocating weights."""
-        import torch
+    def _construct(self):
         import torchvision
 
-        constructor = getattr(torchvision.models, self.name)
-        if on_meta:
-            with torch.device("meta"):
-                return constructor(weights=None, num_classes=self.num_classes)
-        return constructor(weights=None, num_classes=self.num_classes)
-
-    def load_state_dict(self) -> dict:
-        """The weights as a state_dict of CPU tensors."""
-        import torch
-
-        if self.weights == RANDOM_WEIGHTS:
-            torch.manual_seed(self.seed)
-            return self.build_module().state_dict()
-        return load_checkpoint(self.weights, allow_pickle=self.allow_pickle)
-
-    def load_module(self):
-        """The module with its weights, in eval mode (what a direct PyTorch user runs)."""
-        module = self.build_module(on_meta=True)
-        module.load_state_dict(self.load_state_dict(), assign=True)
-        return module.eval()
+        return getattr(torchvision.models, self.name)(weights=None,
+                                                      num_classes=self.num_classes)
 

@@ -1,0 +1,61 @@
+"""Two ways a model source yields a module, shared by the concrete sources.
+
+`CodeDefinedModel`: the architecture is code (torchvision, a factory) and the weights
+come separately: "random" (seeded) or a state_dict file. `FileDefinedModel`: one file
+or directory holds structure and weights (TorchScript, torch.export, MLflow).
+"""
+
+from __future__ import annotations
+
+RANDOM_WEIGHTS = "random"
+
+
+class CodeDefinedModel:
+    """Needs `_construct()` and the fields `weights`, `seed`, `allow_pickle`."""
+
+    def _construct(self):
+        raise NotImplementedError
+
+    def build_module(self, *, on_meta: bool = False):
+        """A fresh module with this architecture; on_meta skips allocating weights."""
+        import torch
+
+        if on_meta:
+            with torch.device("meta"):
+                return self._construct()
+        return self._construct()
+
+    def load_state_dict(self) -> dict:
+        """The weights as a state_dict of CPU tensors."""
+        import torch
+
+        from hybrid_infer.models.checkpoint import load_checkpoint
+
+        if self.weights == RANDOM_WEIGHTS:
+            torch.manual_seed(self.seed)
+            return self.build_module().state_dict()
+        return load_checkpoint(self.weights, allow_pickle=self.allow_pickle)
+
+    def load_module(self):
+        """The module with its weights, in eval mode (what a direct PyTorch user runs)."""
+        module = self.build_module(on_meta=True)
+        module.load_state_dict(self.load_state_dict(), assign=True)
+        return module.eval()
+
+
+class FileDefinedModel:
+    """Needs `_load()`, returning the whole module from the file."""
+
+    def _load(self):
+        raise NotImplementedError
+
+    def build_module(self, *, on_meta: bool = False):
+        # The file is the structure: there is no weightless build. The caller's
+        # load_state_dict(assign=True) then swaps in the object store's copy.
+        return self._load()
+
+    def load_state_dict(self) -> dict:
+        return {name: tensor.detach() for name, tensor in self._load().state_dict().items()}
+
+    def load_module(self):
+        return self._load().eval()
