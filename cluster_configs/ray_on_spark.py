@@ -1,0 +1,60 @@
+"""Ray on Spark: start the Ray cluster on an existing Spark cluster's executors
+(Databricks, EMR, or any Spark standalone / YARN cluster), then run hybrid-infer on it.
+
+Run it as the Spark application itself (a notebook cell or `spark-submit`):
+
+    spark-submit --master spark://spark-master:7077 --conf spark.task.cpus=4 cluster_configs/ray_on_spark.py s3://bucket/images/ s3://bucket/predictions.parquet
+
+`ray.util.spark.setup_ray_cluster` runs one Ray worker node per Spark task slot it
+gets (a long-running barrier job holds those slots); the Ray head runs on the Spark
+driver. The warm pool then lives on those Ray nodes, one object-store copy of the
+weights per node, and the same Spark session streams its partitions to it. While the
+Ray cluster is up, its slots are not available to other Spark jobs: size
+max_worker_nodes so that Spark keeps slots for reading and writing.
+
+Databricks: use a cluster with the Databricks Runtime ML (Java 17 flags are set by
+the runtime); `%pip install` the hybrid-infer wheel first. GPU clusters: set
+num_gpus_worker_node to the GPUs per Spark worker and pass device="auto".
+EMR: set the spark-defaults from cluster_configs/spark-defaults-for-ray.conf in the
+cluster's configuration (classification "spark-defaults").
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pyspark.sql import SparkSession
+from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+
+from hybrid_infer import infer, read_images
+from hybrid_infer.pool.registry import Pool
+from hybrid_infer.pool.settings import PoolSettings
+from hybrid_infer.runtime import spark_conf_for_java17
+
+
+def main(input_path: str, output_path: str, max_worker_nodes: int = 2) -> None:
+    builder = SparkSession.builder.appName("hybrid-infer-ray-on-spark")
+    for key, value in spark_conf_for_java17().items():  # no-op where already set
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+
+    # The Ray head starts on this driver, the worker nodes inside Spark tasks.
+    ray_address, _ = setup_ray_cluster(
+        max_worker_nodes=max_worker_nodes,
+        num_cpus_worker_node=int(spark.conf.get("spark.task.cpus", "1")),
+        num_gpus_worker_node=0,                 # GPUs per Spark worker on GPU clusters
+        object_store_memory_worker_node=2 << 30,
+    )
+    try:
+        settings = PoolSettings(num_actors=max_worker_nodes, device="auto", batch_size=32)
+        predictions = infer(read_images(spark, input_path), "resnet50", pool=settings,
+                            ray_address=ray_address, top_k=5)
+        predictions.write.mode("overwrite").parquet(output_path)
+        for name in Pool.names():               # the pool dies with this Ray cluster
+            Pool.get(name).stop()
+    finally:
+        shutdown_ray_cluster()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
