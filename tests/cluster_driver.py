@@ -4,8 +4,8 @@ It runs in its own process because one Python process holds one SparkContext and
 Ray connection, and the test process already has the embedded ones. Each command
 prints one JSON document on its last line of stdout.
 
-  job     start the pool on the Ray cluster, run a hybrid job on the Spark cluster,
-          write Parquet, report where the work ran
+  job     (under spark-submit) start the pool on the Ray cluster, run a hybrid job on
+          the Spark cluster spark-submit chose, write Parquet, report where work ran
   inspect report the pool's actors: node, custom resources, weight storage
 """
 
@@ -38,23 +38,22 @@ def describe_actors(pool) -> list[dict]:
             for status, storage in zip(statuses, storages)]
 
 
-def spark_executors(ui_port: int, app_id: str) -> list[dict]:
+def spark_executors(sc) -> list[dict]:
     """Executors of this application with the tasks each completed (Spark's REST API)."""
-    url = f"http://127.0.0.1:{ui_port}/api/v1/applications/{app_id}/executors"
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/executors"
     with urllib.request.urlopen(url, timeout=10) as response:
         return [{"id": e["id"], "host_port": e["hostPort"], "tasks": e["completedTasks"]}
                 for e in json.load(response) if e["id"] != "driver"]
 
 
 def cmd_job(args) -> dict:
-    from cluster_fixtures import spark_cluster_conf
     from hybrid_infer import infer, read_images, start_runtime
     from hybrid_infer.models import ModelSpec
     from hybrid_infer.pool.registry import Pool
 
     settings = pool_settings(args.num_actors)
-    with start_runtime(args.spark_master, args.ray_address,
-                       spark_conf=spark_cluster_conf(args.ui_port)) as runtime:
+    # no master given: the session is the one spark-submit set up (--master, --conf)
+    with start_runtime(ray_address=args.ray_address) as runtime:
         pool = Pool.get_or_create(ModelSpec(TEST_MODEL), settings)
         df = read_images(runtime.spark, args.images).repartition(args.partitions)
         out = infer(df, TEST_MODEL, pool=settings, ray_address=args.ray_address,
@@ -62,7 +61,7 @@ def cmd_job(args) -> dict:
         out.write.parquet(args.output)
         sc = runtime.spark.sparkContext
         return {"pool": pool.name, "master": sc.master, "app_id": sc.applicationId,
-                "executors": spark_executors(args.ui_port, sc.applicationId),
+                "executors": spark_executors(sc),
                 "actors": describe_actors(pool)}
 
 
@@ -78,8 +77,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     job = commands.add_parser("job")
-    job.add_argument("--spark-master", required=True)
-    job.add_argument("--ui-port", type=int, required=True)
     job.add_argument("--images", required=True)
     job.add_argument("--output", required=True)
     job.add_argument("--num-actors", type=int, default=None)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pyspark
 
 from conftest import RAY_ENV, free_port
+from hybrid_infer.runtime import spark_conf_for_java17
 
 VENV_BIN = os.path.dirname(sys.executable)
 SPARK_HOME = os.path.dirname(pyspark.__file__)
@@ -142,6 +143,15 @@ def start_spark_standalone(log_dir: str, workers: int = 2, cores: int = 1,
         processes.stop()
         raise
     return cluster
+
+
+def spark_submit_argv(master_url: str, ui_port: int, script: str, *args: str) -> list[str]:
+    """`spark-submit` of a Python driver to the standalone cluster (client deploy mode)."""
+    conf = {**spark_conf_for_java17(), **spark_cluster_conf(ui_port)}
+    argv = [os.path.join(SPARK_HOME, "bin", "spark-submit"), "--master", master_url]
+    for key, value in conf.items():
+        argv += ["--conf", f"{key}={value}"]
+    return argv + [script, *args]
 
 
 def spark_cluster_conf(ui_port: int) -> dict[str, str]:

@@ -17,7 +17,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from cluster_fixtures import node_env, start_ray_cluster, start_spark_standalone
+from cluster_fixtures import (node_env, spark_submit_argv, start_ray_cluster,
+                              start_spark_standalone)
 from conftest import assert_matches, free_port
 
 pytestmark = pytest.mark.slow
@@ -45,9 +46,15 @@ def ray_cluster(cluster_logs):
     cluster.processes.stop()
 
 
-def run_driver(*args: str, timeout: float = 300) -> dict:
-    result = subprocess.run([sys.executable, os.path.join(TESTS, "cluster_driver.py"), *args],
-                            env=node_env(), capture_output=True, text=True, timeout=timeout)
+DRIVER = os.path.join(TESTS, "cluster_driver.py")
+
+
+def run_driver(*args: str, submit_to=None, timeout: float = 300) -> dict:
+    """Run cluster_driver.py, with spark-submit to `submit_to` (a SparkStandalone)."""
+    argv = ([sys.executable, DRIVER, *args] if submit_to is None else
+            spark_submit_argv(submit_to.master_url, free_port(), DRIVER, *args))
+    result = subprocess.run(argv, env=node_env(), capture_output=True, text=True,
+                            timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -61,11 +68,11 @@ def run_cli(*args: str, timeout: float = 120) -> str:
 
 @pytest.fixture(scope="module")
 def job(spark_cluster, ray_cluster, image_dir, tmp_path_factory):
-    """One hybrid job: 4 Spark partitions on 2 workers -> a 2-actor pool on 2 Ray nodes."""
+    """One hybrid job, submitted with spark-submit: 4 Spark partitions on 2 workers ->
+    a 2-actor pool on 2 Ray nodes."""
     output = str(tmp_path_factory.mktemp("cluster-job") / "predictions.parquet")
-    report = run_driver("job", "--spark-master", spark_cluster.master_url,
-                        "--ui-port", str(free_port()), "--ray-address", ray_cluster.address,
-                        "--images", image_dir, "--output", output, "--num-actors", "2")
+    report = run_driver("job", "--ray-address", ray_cluster.address, "--images", image_dir,
+                        "--output", output, "--num-actors", "2", submit_to=spark_cluster)
     report["rows"] = pq.read_table(output).to_pylist()
     return report
 
