@@ -41,7 +41,10 @@ def spark_cluster(cluster_logs):
 
 @pytest.fixture(scope="module")
 def ray_cluster(cluster_logs):
-    cluster = start_ray_cluster(cluster_logs, NODES)
+    # one logical GPU per node: Ray schedules by it as on GPU machines (the actors then
+    # run on the CPU, as torch sees no CUDA device here). 4 CPU slots per node: room for
+    # the GPU pool's actor and two CPU-pool actors.
+    cluster = start_ray_cluster(cluster_logs, NODES, num_cpus=4, num_gpus=1)
     yield cluster
     cluster.processes.stop()
 
@@ -69,10 +72,10 @@ def run_cli(*args: str, timeout: float = 120) -> str:
 @pytest.fixture(scope="module")
 def job(spark_cluster, ray_cluster, image_dir, tmp_path_factory):
     """One hybrid job, submitted with spark-submit: 4 Spark partitions on 2 workers ->
-    a 2-actor pool on 2 Ray nodes."""
+    the default pool (one actor per GPU) on 2 Ray nodes of one GPU each."""
     output = str(tmp_path_factory.mktemp("cluster-job") / "predictions.parquet")
     report = run_driver("job", "--ray-address", ray_cluster.address, "--images", image_dir,
-                        "--output", output, "--num-actors", "2", submit_to=spark_cluster)
+                        "--output", output, submit_to=spark_cluster)
     report["rows"] = pq.read_table(output).to_pylist()
     return report
 
@@ -84,7 +87,7 @@ def test_job_on_standalone_spark_and_two_ray_nodes(job, spark_cluster, expected)
     executors = job["executors"]
     assert len(executors) == 2 and len({e["host_port"] for e in executors}) == 2, executors
     assert all(e["tasks"] > 0 for e in executors), executors
-    # Ray: SPREAD put one actor on each node, and both served rows
+    # Ray: one actor per GPU, so one on each node, and both served rows
     actors = job["actors"]
     assert sorted(a["node"][0] for a in actors) == NODES, actors
     assert all(a["rows"] > 0 for a in actors), actors
@@ -92,11 +95,11 @@ def test_job_on_standalone_spark_and_two_ray_nodes(job, spark_cluster, expected)
     assert all(a["model_loads"] == 1 for a in actors)
 
 
-def weight_mappings(actors) -> dict[str, set[str]]:
-    """node -> the shared-memory mappings its actors' parameters live in.
+def weights_by_node(actors) -> dict[str, set[tuple[str, int]]]:
+    """node -> where its actors' weights are: (object-store mapping, offset in it).
 
-    Asserts on the way that every parameter byte of every actor is in one mapping of
-    its node's object store (none in a private heap: no per-actor copy)."""
+    Asserts on the way that every parameter byte of every actor is in its node's
+    shared-memory object store (none in a private heap: no per-actor copy)."""
     by_node = collections.defaultdict(set)
     for actor in actors:
         storage = actor["storage"]
@@ -104,37 +107,51 @@ def weight_mappings(actors) -> dict[str, set[str]]:
         assert list(backing.values()) == [storage["param_bytes"]], backing
         (mapping,) = backing
         assert mapping.startswith("/dev/shm/") or "plasma" in mapping, mapping
-        by_node[actor["node"][0]].update(backing)
+        location = actor["weights_at"]
+        assert location["file"] == mapping.split()[0], (location, mapping)
+        by_node[actor["node"][0]].add((location["file"], location["offset"]))
     return by_node
 
 
-def test_one_weight_copy_per_node(job, ray_cluster, run_scale):
-    # two actors per node after scaling to 4 (see run_scale): they share one copy
-    report = run_scale(4)
-    by_node = weight_mappings(report["actors"])
-    assert sorted(by_node) == NODES
-    assert all(len(mappings) == 1 for mappings in by_node.values()), by_node
-    node_a, node_b = (by_node[n] for n in NODES)
-    assert node_a != node_b, "both nodes read the same mapping: not one copy per node"
+@pytest.fixture(scope="module")
+def cpu_pool(ray_cluster):
+    """A CPU pool (no GPU per actor) started with the CLI, as an operator would."""
+    printed = run_cli("pool", "start", "--device", "cpu", "--num-actors", "2",
+                      "--batch-size", "8", "--ray-address", ray_cluster.address)
+    status = json.loads(printed)
+    assert len(status["actors"]) == 2
+    return status["name"]
 
 
 @pytest.fixture(scope="module")
-def run_scale(job, ray_cluster):
+def scale_cpu_pool(cpu_pool, ray_cluster):
+    """`hybrid-infer pool scale`, then where the pool's actors are."""
     def scale(num_actors: int) -> dict:
-        printed = run_cli("pool", "scale", "--name", job["pool"],
-                          "--num-actors", str(num_actors), "--ray-address", ray_cluster.address)
-        assert printed.strip() == f"{job['pool']}: {num_actors} actors"
-        return run_driver("inspect", "--pool", job["pool"], "--ray-address", ray_cluster.address)
+        printed = run_cli("pool", "scale", "--name", cpu_pool, "--num-actors", str(num_actors),
+                          "--ray-address", ray_cluster.address)
+        assert printed.strip() == f"{cpu_pool}: {num_actors} actors"
+        return run_driver("inspect", "--pool", cpu_pool, "--ray-address", ray_cluster.address)
     return scale
 
 
-def test_scale_up_and_down_spreads_across_nodes(job, run_scale):
-    up = run_scale(4)
+def test_cpu_pool_spreads_over_nodes_and_scales_up_and_down(scale_cpu_pool):
+    start = scale_cpu_pool(2)  # no change: the pool as started
+    assert sorted(a["node"][0] for a in start["actors"]) == NODES, "SPREAD over CPU slots"
+    up = scale_cpu_pool(4)
     placement = collections.Counter(a["node"][0] for a in up["actors"])
     assert placement == {"node_a": 2, "node_b": 2}, placement
-    # the first two actors are kept warm: scaling up does not reload them
-    kept = {a["actor_id"] for a in job["actors"]}
-    assert kept <= {a["actor_id"] for a in up["actors"]}
-    down = run_scale(1)
+    # scaling up keeps the running actors warm: they are not restarted
+    assert {a["actor_id"] for a in start["actors"]} <= {a["actor_id"] for a in up["actors"]}
+    down = scale_cpu_pool(1)
     assert len(down["actors"]) == 1
     assert down["actors"][0]["actor_id"] in {a["actor_id"] for a in up["actors"]}
+
+
+def test_one_weight_copy_per_node(scale_cpu_pool):
+    by_node = weights_by_node(scale_cpu_pool(4)["actors"])  # two actors on each node
+    assert sorted(by_node) == NODES
+    # the two actors of a node read the same bytes: one copy per node, not per actor
+    assert all(len(places) == 1 for places in by_node.values()), by_node
+    # and each node reads its own object store, not the other node's
+    (file_a, _), (file_b, _) = (next(iter(by_node[n])) for n in NODES)
+    assert file_a != file_b, by_node
