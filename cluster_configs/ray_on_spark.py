@@ -3,14 +3,17 @@
 
 Run it as the Spark application itself (a notebook cell or `spark-submit`):
 
-    spark-submit --master spark://spark-master:7077 --conf spark.task.cpus=4 cluster_configs/ray_on_spark.py s3://bucket/images/ s3://bucket/predictions.parquet
+    spark-submit --master spark://spark-master:7077 cluster_configs/ray_on_spark.py s3://bucket/images/ s3://bucket/predictions.parquet --model resnet50 --ray-nodes 4
 
 `ray.util.spark.setup_ray_cluster` runs one Ray worker node per Spark task slot it
 gets (a long-running barrier job holds those slots); the Ray head runs on the Spark
 driver. The warm pool then lives on those Ray nodes, one object-store copy of the
 weights per node, and the same Spark session streams its partitions to it. While the
 Ray cluster is up, its slots are not available to other Spark jobs: size
-max_worker_nodes so that Spark keeps slots for reading and writing.
+--ray-nodes so that Spark keeps task slots for the inference job itself.
+
+Needs `ray[client]` (grpcio): setup_ray_cluster always starts a Ray Client server.
+tests/test_ray_on_spark.py runs this file on a local standalone cluster.
 
 Databricks: use a cluster with the Databricks Runtime ML (Java 17 flags are set by
 the runtime); `%pip install` the hybrid-infer wheel first. GPU clusters: set
@@ -21,7 +24,7 @@ cluster's configuration (classification "spark-defaults").
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from pyspark.sql import SparkSession
 from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
@@ -32,22 +35,24 @@ from hybrid_infer.pool.settings import PoolSettings
 from hybrid_infer.runtime import spark_conf_for_java17
 
 
-def main(input_path: str, output_path: str, max_worker_nodes: int = 2) -> None:
+def main(input_path: str, output_path: str, model: str, ray_nodes: int) -> None:
     builder = SparkSession.builder.appName("hybrid-infer-ray-on-spark")
     for key, value in spark_conf_for_java17().items():  # no-op where already set
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
 
     # The Ray head starts on this driver, the worker nodes inside Spark tasks.
+    # Each Ray worker node holds one Spark task slot (spark.task.cpus cores) while up.
     ray_address, _ = setup_ray_cluster(
-        max_worker_nodes=max_worker_nodes,
+        max_worker_nodes=ray_nodes,
+        min_worker_nodes=ray_nodes,
         num_cpus_worker_node=int(spark.conf.get("spark.task.cpus", "1")),
         num_gpus_worker_node=0,                 # GPUs per Spark worker on GPU clusters
-        object_store_memory_worker_node=2 << 30,
     )
     try:
-        settings = PoolSettings(num_actors=max_worker_nodes, device="auto", batch_size=32)
-        predictions = infer(read_images(spark, input_path), "resnet50", pool=settings,
+        # one actor per Ray node (per GPU with device="auto" on GPU nodes)
+        settings = PoolSettings(num_actors=ray_nodes, device="auto", batch_size=32)
+        predictions = infer(read_images(spark, input_path), model, pool=settings,
                             ray_address=ray_address, top_k=5)
         predictions.write.mode("overwrite").parquet(output_path)
         for name in Pool.names():               # the pool dies with this Ray cluster
@@ -57,4 +62,10 @@ def main(input_path: str, output_path: str, max_worker_nodes: int = 2) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(description="hybrid-infer on Ray on Spark")
+    parser.add_argument("input", help="image directory (binaryFile) to read")
+    parser.add_argument("output", help="Parquet output path")
+    parser.add_argument("--model", default="resnet50", help="torchvision model name")
+    parser.add_argument("--ray-nodes", type=int, default=2, help="Ray worker nodes to start")
+    args = parser.parse_args()
+    main(args.input, args.output, args.model, args.ray_nodes)

@@ -35,7 +35,11 @@ WORKTREE = os.path.dirname(TESTS)
 def node_env(**extra: str) -> dict[str, str]:
     """The environment a machine of the cluster would be configured with."""
     path = os.pathsep.join(p for p in (WORKTREE, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, **RAY_ENV, "PYTHONPATH": path, "SPARK_HOME": SPARK_HOME,
+    # the venv's bin/ first on PATH, as an activated environment on each machine has it
+    # (Ray on Spark runs `ray start` found on PATH)
+    bin_path = os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")])
+    return {**os.environ, **RAY_ENV, "PYTHONPATH": path, "PATH": bin_path,
+            "SPARK_HOME": SPARK_HOME,
             "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, **extra}
 
 
