@@ -25,6 +25,7 @@ cluster's configuration (classification "spark-defaults").
 from __future__ import annotations
 
 import argparse
+import json
 
 from pyspark.sql import SparkSession
 from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
@@ -55,10 +56,23 @@ def main(input_path: str, output_path: str, model: str, ray_nodes: int) -> None:
         predictions = infer(read_images(spark, input_path), model, pool=settings,
                             ray_address=ray_address, top_k=5)
         predictions.write.mode("overwrite").parquet(output_path)
+        print(json.dumps(where_it_ran(ray_address)))
         for name in Pool.names():               # the pool dies with this Ray cluster
             Pool.get(name).stop()
     finally:
         shutdown_ray_cluster()
+
+
+def where_it_ran(ray_address: str) -> dict:
+    """The Ray on Spark cluster, and on how many of its nodes the pool's actors ran."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    actor_nodes = set()
+    for name in Pool.names():
+        actor_nodes |= {a["node_id"] for a in Pool.get(name).status()["actors"]}
+    return {"ray_address": ray_address, "ray_nodes": len(nodes),
+            "actor_nodes": len(actor_nodes)}
 
 
 if __name__ == "__main__":
