@@ -93,7 +93,9 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
 
     builder = SparkSession.builder.appName(app_name)
     conf = spark_conf_for_java17()
-    if master is None or master.startswith("local"):
+    if master is None and launched_by_spark_submit():
+        pass  # spark-submit (or the operator running it) chose the master: keep it
+    elif master is None or master.startswith("local"):
         builder = builder.master(master or "local[*]")
         conf.update({
             "spark.driver.host": LOOPBACK,
@@ -144,6 +146,11 @@ def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: in
             f"could not start RayDP's Spark on Ray: {exc}. Connect Ray first "
             "(hybrid_infer.runtime.connect_ray) and do not start a plain Spark session in "
             "the same process.") from exc
+
+
+def launched_by_spark_submit() -> bool:
+    """True in a driver started by spark-submit, whose JVM (and master) already exist."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def _python_executable() -> str:
