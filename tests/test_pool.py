@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from hybrid_infer import infer
+from hybrid_infer.errors import PoolError
 from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.registry import Pool
 from hybrid_infer.pool.settings import PoolSettings
@@ -156,3 +157,13 @@ def test_idle_pool_stops_itself(ray_address):
     while pool.name in Pool.names() and time.time() < deadline:
         time.sleep(1)
     assert pool.name not in Pool.names(), "idle pool still running after 60 s"
+
+
+def test_a_pool_the_cluster_cannot_place_fails_clearly(ray_address):
+    settings = PoolSettings(num_actors=1, num_cpus_per_actor=64, start_timeout_s=5)
+    spec = ModelSpec("mobilenet_v3_small", seed=9)
+    with pytest.raises(PoolError, match="did not start within 5 s.*fewer actors"):
+        Pool.get_or_create(spec, settings)
+    for name in Pool.names():
+        if Pool.get(name).describe()["spec"] == spec:
+            Pool.get(name).stop()

@@ -116,7 +116,17 @@ class PoolManager:
             used.add(index)
             new.append(self._spawn(index))
         if new:  # wait until they have loaded: a job should not race the model load
-            ray.get([actor.ping.remote() for actor in new])
+            try:
+                ray.get([actor.ping.remote() for actor in new],
+                        timeout=self.settings.start_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                for actor in new:
+                    ray.kill(actor, no_restart=True)
+                raise PoolError(
+                    f"{len(new)} new actor(s) did not start within "
+                    f"{self.settings.start_timeout_s:.0f} s: the cluster may lack the CPUs/GPUs "
+                    f"they ask for ({ray.available_resources()} free); ask for fewer actors "
+                    "or add nodes") from None
             self._actors.extend(new)
         self._last_change = time.time()
 

@@ -23,6 +23,8 @@ class PoolSettings:
     precision: autocast dtype on GPU ("fp32" disables autocast).
     max_in_flight: batches each Spark task keeps in flight per actor (backpressure).
     idle_timeout_s: the pool stops itself after this long without work (0: never).
+    start_timeout_s: starting or scaling fails with a clear error when new actors cannot
+    be placed (or load) within this time, e.g. when the cluster lacks the resources.
     batch_timeout_s: a job fails with a clear error when one batch gets no answer in time.
     max_batch_bytes: host memory cap for one model batch's input tensor; a larger batch
     fails like an out-of-memory error and is split (None: no cap).
@@ -47,6 +49,7 @@ class PoolSettings:
     max_in_flight: int = 2
     idle_timeout_s: float = 3600.0
     batch_timeout_s: float = 600.0
+    start_timeout_s: float = 300.0
     max_batch_bytes: int | None = None
     embedding_layer: str | None = None
 
