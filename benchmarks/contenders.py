@@ -66,8 +66,9 @@ def make_runner(config: dict, module, optimize: str | None = None, threads: int 
     from hybrid_infer.pool.runner import ModelRunner
 
     torch.set_num_threads(threads or config["threads"])
-    return ModelRunner(module, config["device"], config["precision"], config["channels_last"],
-                       optimize or "none", (config["batch_size"], 3, 224, 224))
+    return ModelRunner(module, device=config["device"], precision=config["precision"],
+                       channels_last=config["channels_last"], optimize=optimize or "none",
+                       example_shape=(config["batch_size"], 3, 224, 224))
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_unknown_layer_is_a_model_error(module):
     from hybrid_infer.pool.runner import ModelRunner
 
     with pytest.raises(ModelError, match="no layer 'avgpol'"):
-        ModelRunner(module, "cpu", embedding_layer="avgpol")
+        ModelRunner(module, device="cpu", embedding_layer="avgpol")
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "udf"])

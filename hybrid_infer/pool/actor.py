@@ -49,10 +49,11 @@ class InferenceActor:
         # `weights` arrives resolved by Ray: read-only arrays over the node's shared copy.
         self._weights = weights
         module = module_from_arrays(spec, weights)
-        self.runner = ModelRunner(module, settings.device, settings.precision,
-                                  settings.channels_last, settings.max_batch_bytes,
-                                  settings.optimize, (settings.batch_size, 3, 224, 224),
-                                  settings.embedding_layer)
+        self.runner = ModelRunner(
+            module, device=settings.device, precision=settings.precision,
+            channels_last=settings.channels_last, max_batch_bytes=settings.max_batch_bytes,
+            optimize=settings.optimize, example_shape=(settings.batch_size, 3, 224, 224),
+            embedding_layer=settings.embedding_layer)
         self.pipeline = InferencePipeline(self.runner, settings.batch_size,
                                           settings.decode_threads)
         self._decoders: dict = {}

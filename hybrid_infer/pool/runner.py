@@ -62,7 +62,7 @@ class ModelRunner:
     MemoryError-like error: the pipeline splits it and retries the halves.
     """
 
-    def __init__(self, module, device: str = "auto", precision: str = "fp32",
+    def __init__(self, module, *, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, max_batch_bytes: int | None = None,
                  optimize: str = "none", example_shape: tuple[int, ...] = (8, 3, 224, 224),
                  embedding_layer: str | None = None):
