@@ -153,3 +153,14 @@ def assert_matches(rows, expected: dict, atol: float = 1e-4) -> None:
         assert row["error"] is None, row["error"]
         got = np.asarray(row["prediction"], dtype=np.float32)
         np.testing.assert_allclose(got, expected[local_path(row["path"])], atol=atol, rtol=0)
+
+
+@pytest.fixture
+def stop_new_pools(ray_address):
+    """Stop the pools a test starts, leaving the session's shared pools warm."""
+    from hybrid_infer.pool.registry import Pool
+
+    before = set(Pool.names())
+    yield
+    for name in set(Pool.names()) - before:
+        Pool.get(name).stop()

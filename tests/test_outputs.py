@@ -23,12 +23,7 @@ PREPROCESS = Preprocess(resize=48, crop=40, mean=(0.5, 0.5, 0.5), std=(0.25, 0.2
 POOL = PoolSettings(num_actors=1, batch_size=8, torch_threads=1, num_cpus_per_actor=0.5)
 
 
-@pytest.fixture(autouse=True)
-def stop_new_pools(ray_address):
-    before = set(Pool.names())
-    yield
-    for name in set(Pool.names()) - before:
-        Pool.get(name).stop()
+pytestmark = pytest.mark.usefixtures("stop_new_pools")
 
 
 @pytest.fixture(scope="module")

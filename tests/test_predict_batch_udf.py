@@ -67,12 +67,7 @@ def tensor_df(spark, ray_address):
     return spark.createDataFrame(pdf_tensor)
 
 
-@pytest.fixture(autouse=True)
-def stop_pools_afterwards(ray_address):
-    before = set(Pool.names())
-    yield
-    for name in set(Pool.names()) - before:
-        Pool.get(name).stop()
+pytestmark = pytest.mark.usefixtures("stop_new_pools")
 
 
 # -- the docstring's predict functions -------------------------------------------------
