@@ -11,7 +11,6 @@ import pytest
 from hybrid_infer import PoolSettings, Preprocess, infer
 from hybrid_infer.errors import ModelError
 from hybrid_infer.models import FactorySpec
-from hybrid_infer.pool.registry import Pool
 
 from conftest import local_path
 
