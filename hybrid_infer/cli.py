@@ -33,7 +33,13 @@ def _add_model_options(parser):
 
 def _add_pool_options(parser):
     group = parser.add_argument_group("pool")
-    group.add_argument("--batch-size", type=int, default=32, help="model batch size")
+    group.add_argument("--batch-size", type=int, default=32,
+                       help="rows each actor computes at once (shared by its streams)")
+    group.add_argument("--torch-threads", type=int, default=None,
+                       help="torch threads per actor (default: the machine's cores)")
+    group.add_argument("--streams", type=int, default=None,
+                       help="model threads per actor, each on torch-threads/streams "
+                            "threads (default: one per torch thread on CPU, one on GPU)")
     group.add_argument("--num-actors", type=int, default=None,
                        help="actors in the pool (default: one per GPU, else one)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -51,6 +57,7 @@ def _pool_settings(args):
     return PoolSettings(num_actors=args.num_actors, batch_size=args.batch_size,
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
+                        torch_threads=args.torch_threads, streams=args.streams,
                         idle_timeout_s=args.idle_timeout)
 
 

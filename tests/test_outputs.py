@@ -72,7 +72,9 @@ def test_embeddings_from_a_named_layer(images_df, module, decoded, ray_address, 
         module(inputs)
     hook.remove()
     expected = dict(zip(paths, kept["out"].flatten(1).numpy()))
-    settings = PoolSettings(**{**POOL.__dict__, "embedding_layer": "avgpool"})
+    # two streams: each keeps its own tapped layer output
+    settings = PoolSettings(**{**POOL.__dict__, "embedding_layer": "avgpool", "streams": 2,
+                               "torch_threads": 2})
     rows = infer(images_df, SPEC, mode=mode, preprocess=PREPROCESS, pool=settings,
                  ray_address=ray_address).collect()
     got = by_path(rows)

@@ -167,3 +167,107 @@ def test_a_pool_the_cluster_cannot_place_fails_clearly(ray_address):
     for name in Pool.names():
         if Pool.get(name).describe()["spec"] == spec:
             Pool.get(name).stop()
+
+
+COLD_DRIVER = textwrap.dedent("""
+    import json, sys
+    import ray
+    from hybrid_infer.models import ModelSpec
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.pool.settings import PoolSettings
+    ray.init(address=sys.argv[1], namespace="hybrid_infer")
+    pool = Pool.get_or_create(ModelSpec("%s", seed=11), PoolSettings(num_actors=1,
+                                                                     torch_threads=1))
+    status = pool.status()
+    pool.stop()
+    print("RESULT" + json.dumps({"torch_in_driver": "torch" in sys.modules,
+                                 "loads": status["model_loads"],
+                                 "weights_bytes": status["weights_bytes"]}))
+""" % TEST_MODEL)
+
+
+def test_a_new_pool_builds_its_weights_off_the_driver(ray_address):
+    # The driver of a hybrid job never imports torch nor holds the weights: a one-off
+    # task builds them into the object store, owned by the pool's manager.
+    result = subprocess.run([sys.executable, "-c", COLD_DRIVER, ray_address],
+                            capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, **RAY_ENV})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert report["torch_in_driver"] is False
+    assert report["loads"] == 1
+    assert report["weights_bytes"] > 40_000_000  # resnet18's 11.7M float32 parameters
+
+
+def test_bad_weights_fail_the_pool_start_with_the_model_error(ray_address, tmp_path):
+    from hybrid_infer.errors import ModelError
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="could not load checkpoint") as raised:
+        Pool.get_or_create(ModelSpec(TEST_MODEL, weights=str(garbage)),
+                           PoolSettings(num_actors=1, torch_threads=1))
+    assert "Traceback" not in str(raised.value)
+    for name in Pool.names():  # the manager of the failed start
+        if Pool.get(name).describe()["spec"].weights == str(garbage):
+            Pool.get(name).stop()
+
+
+def test_streams_share_each_batch_and_run_concurrently():
+    import threading
+    import time
+
+    import numpy as np
+    import torch
+
+    from hybrid_infer.pool.pipeline import InferencePipeline
+
+    calls, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def model(tensors):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+            calls.append((threading.current_thread().name, len(tensors)))
+        return torch.stack(tensors).numpy()
+
+    pipeline = InferencePipeline(model, batch_size=8, decode_threads=2, streams=2)
+    outputs, errors = pipeline.run([float(i) for i in range(40)],
+                                   lambda value: torch.full((1,), value), timeout=30)
+    assert errors == [None] * 40
+    np.testing.assert_array_equal(outputs[:, 0], np.arange(40))  # each row in its place
+    assert max(rows for _, rows in calls) <= 4  # a stream computes half of the batch
+    assert {name for name, _ in calls} == {"model-0", "model-1"} and most[0] == 2
+    assert pipeline.stats.rows == 40
+
+
+def test_stream_layout_and_its_validation():
+    from hybrid_infer.errors import ConfigurationError
+
+    assert PoolSettings(batch_size=32).stream_layout("cpu", 4) == (4, 1)
+    assert PoolSettings(batch_size=32).stream_layout("cuda", 4) == (1, 4)
+    assert PoolSettings(batch_size=32, streams=2).stream_layout("cpu", 4) == (2, 2)
+    assert PoolSettings(batch_size=2).stream_layout("cpu", 4) == (2, 2)
+    assert PoolSettings(optimize="compile").stream_layout("cpu", 2) == (1, 2)
+    with pytest.raises(ConfigurationError, match="streams must be >= 1"):
+        PoolSettings(streams=0)
+    with pytest.raises(ConfigurationError, match="not safe to call from several threads"):
+        PoolSettings(optimize="compile", streams=2)
+
+
+def test_a_two_stream_actor_matches_direct_pytorch(images_df, expected, ray_address):
+    settings = PoolSettings(num_actors=1, batch_size=TEST_BATCH, torch_threads=2,
+                            num_cpus_per_actor=0.5)
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), settings)
+    try:
+        rows = infer(images_df, TEST_MODEL, pool=settings, ray_address=ray_address).collect()
+        assert_matches(rows, expected)
+        (actor,) = pool.status()["actors"]
+        assert (actor["streams"], actor["threads_per_stream"]) == (2, 1)
+        assert actor["batches"] >= len(rows) // (TEST_BATCH // 2)
+    finally:
+        pool.stop()

@@ -54,8 +54,14 @@ class InferenceActor:
             channels_last=settings.channels_last, max_batch_bytes=settings.max_batch_bytes,
             optimize=settings.optimize, example_shape=(settings.batch_size, 3, 224, 224),
             embedding_layer=settings.embedding_layer)
-        self.pipeline = InferencePipeline(self.runner, settings.batch_size,
-                                          settings.decode_threads)
+        self.streams, stream_threads = settings.stream_layout(self.runner.device, threads)
+        self.pipeline = InferencePipeline(
+            self.runner, settings.batch_size, settings.decode_threads, streams=self.streams,
+            stream_setup=lambda: torch.set_num_threads(stream_threads),
+            # torch's thread count is per thread (OpenMP): decoding's few tensor ops run
+            # single-threaded instead of contending with the model's threads.
+            decode_setup=lambda: torch.set_num_threads(1))
+        self.stream_threads = stream_threads
         self._decoders: dict = {}
         self.model_loads = 1
         self.load_seconds = time.time() - started
@@ -91,6 +97,8 @@ class InferenceActor:
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
             "device": self.runner.device,
+            "streams": self.streams,
+            "threads_per_stream": self.stream_threads,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model_loads": self.model_loads,
             "load_seconds": round(self.load_seconds, 3),

@@ -2,8 +2,9 @@
 
 A pool is a detached `PoolManager` actor named after the PoolKey, in the engine's own
 namespace, plus its InferenceActors. The manager owns the object-store copy of the
-weights (the manager puts it), so the copy lives exactly as long as the pool,
-whichever driver created it. A second job with the same key finds the manager by name
+weights, so the copy lives exactly as long as the pool, whichever driver created it.
+The weights are built by a one-off task the manager calls (its worker exits after), so
+neither the driver nor the manager ever holds torch or a copy of the weights. A second job with the same key finds the manager by name
 and reuses its warm actors; a job with a different model or weights gets its own pool.
 
 A pool serves a ModelSpec (image models on InferenceActor) by default. Any other spec
@@ -18,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 
-from hybrid_infer.errors import PoolError
+from hybrid_infer.errors import HybridInferError, PoolError
 from hybrid_infer.pool.settings import PoolKey, PoolSettings
 from hybrid_infer.runtime import NAMESPACE
 
@@ -49,11 +50,14 @@ class PoolManager:
     def is_started(self) -> bool:
         return self._weights_ref is not None
 
-    def start(self, weights_arrays: dict, num_actors: int) -> list:
-        """Put the weights into the object store (owned here) and start the actors.
+    def start(self, num_actors: int, payload=None, build_node: str | None = None) -> list:
+        """Get the weights into the object store (owned here) and start the actors.
 
-        The ref is owned by this detached actor, so the one copy outlives the driver
-        that sent it; the driver's argument copy is freed when this call returns.
+        `payload`: what the driver sends (a spec's pool_payload(), or weights arrays
+        over Ray Client); this manager puts it. Without one, a one-off task on
+        `build_node` (the driver's node: weights paths are the driver's) builds the
+        weights. Either way the ref is owned by this detached actor, so the one copy
+        outlives the driver that started the pool.
         """
         import ray
 
@@ -61,11 +65,35 @@ class PoolManager:
 
         with self._lock:
             if self._weights_ref is None:
-                self._weights_ref = ray.put(weights_arrays)
-                self._weights_bytes = (nbytes(weights_arrays) if isinstance(weights_arrays, dict)
-                                       else len(weights_arrays))
+                if payload is None:
+                    self._weights_ref, self._weights_bytes = self._build_weights(build_node)
+                else:
+                    self._weights_ref = ray.put(payload)
+                    self._weights_bytes = (nbytes(payload) if isinstance(payload, dict)
+                                           else len(payload))
             self._scale_locked(num_actors)
             return list(self._actors)
+
+    def _build_weights(self, node_id: str) -> tuple:
+        """(ref, bytes) of the spec's weights as arrays, built by a one-off task."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from hybrid_infer.weights import nbytes
+
+        # num_cpus=0: building must not wait behind actors holding every CPU;
+        # max_calls=1: the worker (torch, a transient copy of the model) exits after.
+        build = ray.remote(num_cpus=0, max_calls=1)(_weights_arrays).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+        ref = build.remote(self.spec)
+        try:
+            arrays = ray.get(ref, timeout=self.settings.start_timeout_s)
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrapped(exc) from None
+        except ray.exceptions.GetTimeoutError:
+            raise PoolError(f"building the weights took over {self.settings.start_timeout_s:.0f}"
+                            " s (start_timeout_s)") from None
+        return ref, nbytes(arrays)  # (arrays: read-only views of the object; not copied)
 
     def actors(self) -> list:
         # No lock: a job starting while a heal loads a replacement gets the live actors
@@ -204,6 +232,18 @@ class PoolManager:
                 "last_heal_s": self._last_heal_s}
 
 
+def _weights_arrays(spec) -> dict:
+    from hybrid_infer.weights import state_dict_to_arrays
+
+    return state_dict_to_arrays(spec.load_state_dict())
+
+
+def unwrapped(exc: Exception) -> Exception:
+    """The engine's own error inside a Ray task/actor error, so its message stays short."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, HybridInferError) else exc
+
+
 def _cluster_gpus() -> float:
     import ray
 
@@ -222,6 +262,7 @@ class Pool:
     def get_or_create(cls, spec, settings: PoolSettings | None = None) -> "Pool":
         """The warm pool for (spec, settings), or a new one. Ray must be connected."""
         import ray
+        from ray.util.client import ray as ray_client
 
         from hybrid_infer.weights import state_dict_to_arrays, weights_digest
 
@@ -239,9 +280,13 @@ class Pool:
             raise PoolError(f"pool {key.name} serves {existing.describe()}, "
                             f"not {key.describe()}: stop it first")
         if not ray.get(manager.is_started.remote()):
-            payload = (spec.pool_payload() if hasattr(spec, "pool_payload")
-                       else state_dict_to_arrays(spec.load_state_dict()))
-            ray.get(manager.start.remote(payload, settings.num_actors or _default_num_actors()))
+            num_actors = settings.num_actors or _default_num_actors()
+            if hasattr(spec, "pool_payload"):
+                pool._call("start", num_actors, spec.pool_payload())
+            elif ray_client.is_connected():  # a Ray Client driver is not a node to build on
+                pool._call("start", num_actors, state_dict_to_arrays(spec.load_state_dict()))
+            else:
+                pool._call("start", num_actors, None, ray.get_runtime_context().get_node_id())
         return pool
 
     @classmethod
@@ -311,6 +356,8 @@ class Pool:
 
         try:
             return ray.get(getattr(self._manager, method).remote(*args))
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrapped(exc) from None
         except ray.exceptions.RayActorError:
             raise PoolError(f"pool {self.name!r} was stopped or its manager died: start it "
                             "again (hybrid-infer pool start, or run the job again)") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 
@@ -38,19 +39,20 @@ class LayerTap:
         except AttributeError:
             names = [name for name, _ in module.named_modules() if name][:30]
             raise ModelError(f"the model has no layer {layer!r}: use one of {names}") from None
-        self.output = None
+        self._local = threading.local()  # streams run forward passes concurrently
         target.register_forward_hook(self._keep)
 
     def _keep(self, _module, _inputs, output) -> None:
-        self.output = output
+        self._local.output = output
 
     def take(self):
-        output, self.output = self.output, None
+        output, self._local.output = self._local.output, None
         return output.flatten(1)
 
 
 class ModelRunner:
-    """Runs `module` on lists of CHW tensors and returns float32 NumPy logits.
+    """Runs `module` on lists of CHW tensors and returns float32 NumPy logits; safe to
+    call from several threads at once (the pipeline's streams).
 
     On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
     autocast runs in the chosen precision. On CPU the module keeps the object-store

@@ -26,7 +26,13 @@ class PoolSettings:
     start_timeout_s: starting or scaling fails with a clear error when new actors cannot
     be placed (or load) within this time, e.g. when the cluster lacks the resources.
     batch_timeout_s: a job fails with a clear error when one batch gets no answer in time.
-    max_batch_bytes: host memory cap for one model batch's input tensor; a larger batch
+    batch_size: rows an actor computes at once, shared by its streams.
+    streams: model threads per actor, each computing batch_size / streams rows on
+    torch_threads / streams intra-op threads. None: on CPU one single-threaded stream
+    per torch thread (faster than one batch over several threads: no synchronisation
+    at every layer); on GPU, and with optimize="compile", one stream.
+    decode_threads: threads decoding images in each actor (single-threaded torch each).
+    max_batch_bytes: host memory cap for one model call's input tensor; a larger call
     fails like an out-of-memory error and is split (None: no cap).
     optimize: a one-time optimisation paid once per actor at pool start: "freeze"
     (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
@@ -45,6 +51,7 @@ class PoolSettings:
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float | None = None
     torch_threads: int | None = None
+    streams: int | None = None
     decode_threads: int = 2
     max_in_flight: int = 2
     idle_timeout_s: float = 3600.0
@@ -78,14 +85,29 @@ class PoolSettings:
             raise ConfigurationError(f"batch_timeout_s must be > 0, got {self.batch_timeout_s}")
         if self.max_batch_bytes is not None and self.max_batch_bytes < 1:
             raise ConfigurationError(f"max_batch_bytes must be >= 1, got {self.max_batch_bytes}")
+        if self.streams is not None and self.streams < 1:
+            raise ConfigurationError(f"streams must be >= 1, got {self.streams}")
+        if self.streams is not None and self.streams > 1 and self.optimize == "compile":
+            raise ConfigurationError(
+                "optimize='compile' runs one stream per actor (a torch.compile'd module is "
+                "not safe to call from several threads): leave streams unset or use 1")
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+
+    def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
+        """(streams, torch threads per stream) for an actor on `device` with `threads`."""
+        streams = self.streams
+        if streams is None:
+            streams = threads if device == "cpu" and self.optimize != "compile" else 1
+        streams = max(1, min(streams, self.batch_size))
+        return streams, max(1, threads // streams)
 
     def compute_settings(self) -> dict:
         """The settings that change what an actor computes: part of the pool's key."""
         compute = {"device": self.device, "precision": self.precision,
                    "channels_last": self.channels_last, "batch_size": self.batch_size,
-                   "optimize": self.optimize, "embedding_layer": self.embedding_layer}
+                   "optimize": self.optimize, "embedding_layer": self.embedding_layer,
+                   "torch_threads": self.torch_threads, "streams": self.streams}
         if self.max_batch_bytes is not None:
             compute["max_batch_bytes"] = self.max_batch_bytes
         return compute
