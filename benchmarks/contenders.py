@@ -12,11 +12,13 @@ Contenders:
   predict_batch_udf  pyspark.ml.functions.predict_batch_udf, model built in make_predict_fn
   ray_data           Ray Data over RayDP: from_spark -> decode tasks -> actor pool
   hybrid             hybrid_infer's hybrid mode: first job cold (pool start), then warm
-  (raydp             hybrid_infer's raydp mode: add a runner to CONTENDERS when it lands)
+  raydp              hybrid_infer's raydp mode (Spark on Ray -> Ray Data -> the pool),
+                     cold then warm like hybrid
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -259,14 +261,38 @@ def run_predict_batch_udf_contender(config: dict) -> dict:
 
 
 def run_hybrid_contender(config: dict) -> dict:
-    from hybrid_infer.api import infer
-    from hybrid_infer.pool.registry import Pool
-    from hybrid_infer.pool.settings import PoolSettings
     from hybrid_infer.runtime import connect_ray
 
     gcs_address, _ = connect_ray(None, num_cpus=config["ray_cpus"],
                                  object_store_memory=config["object_store_bytes"])
     spark = spark_session(config)
+    return run_pool_jobs(config, spark, mode="hybrid", ray_address=gcs_address)
+
+
+def run_raydp_contender(config: dict) -> dict:
+    """hybrid_infer's raydp mode: Spark on Ray (RayDP) -> Ray Data -> the warm pool."""
+    from hybrid_infer.runtime import connect_ray, start_raydp_spark
+
+    connect_ray(None, num_cpus=config["ray_cpus"],
+                object_store_memory=config["object_store_bytes"])
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    spark = start_raydp_spark("bench-raydp", num_executors=1,
+                              executor_cores=config["spark_slots"], executor_memory="1G")
+    spark.sparkContext.setLogLevel("ERROR")
+    return run_pool_jobs(config, spark, mode="raydp", ray_address=None)
+
+
+def run_pool_jobs(config: dict, spark, *, mode: str, ray_address: str | None) -> dict:
+    """The jobs of `config` through hybrid_infer's `mode` on one pool: the first job
+    starts the pool (cold: its start and model load are timed), later ones reuse it."""
+    import ray
+
+    from hybrid_infer.api import infer
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.pool.settings import PoolSettings
+
     spec = ModelSpec(config["model"], seed=config["seed"])
     actors = config.get("actors", 1)
     settings = PoolSettings(num_actors=actors, batch_size=config["batch_size"],
@@ -274,6 +300,7 @@ def run_hybrid_contender(config: dict) -> dict:
                             channels_last=config["channels_last"],
                             optimize=config["optimize"],
                             torch_threads=max(1, config["threads"] // actors),
+                            streams=config.get("streams"),
                             decode_threads=max(1, config.get("decode_threads", 2) // actors),
                             idle_timeout_s=0)
     state = {"pool": None, "used": False}
@@ -286,15 +313,18 @@ def run_hybrid_contender(config: dict) -> dict:
 
     def build(df):  # the pool is found or created inside infer(): cold cost is timed
         state["used"] = True
-        return infer(df, spec, mode="hybrid", input_col="content", id_cols=["path"],
-                     pool=settings, ray_address=gcs_address)
+        return infer(df, spec, mode=mode, input_col="content", id_cols=["path"],
+                     pool=settings, ray_address=ray_address)
 
     log = run_spark_jobs(config, spark, build, loads_now)
     status = state["pool"].status()
     state["pool"].stop()
-    spark.stop()
-    import ray
+    if mode == "raydp":
+        import raydp
 
+        raydp.stop_spark()
+    else:
+        spark.stop()
     ray.shutdown()
     actor = status["actors"][0]
     return {"jobs": log.jobs, "pool_load_s": actor["load_seconds"], "actors": actors,
@@ -407,7 +437,6 @@ def run_ceiling_contender(config: dict) -> dict:
         decode_n = len(blobs) / (time.perf_counter() - started)
 
     spec = ModelSpec(config["model"], seed=config["seed"])
-    batch = config["batch_size"]
     result = {"decode_images_per_s_1_thread": round(decode_1, 2),
               f"decode_images_per_s_{config['decode_threads']}_threads": round(decode_n, 2),
               "model": {}}
@@ -415,24 +444,69 @@ def run_ceiling_contender(config: dict) -> dict:
         started = time.perf_counter()
         runner = make_runner(config, spec.load_module(), optimize=variant)
         prepare_s = time.perf_counter() - started
-        runner(tensors[:batch])  # warm-up: one batch, untimed (stated in the report)
-        outputs = []
-        started = time.perf_counter()
-        for offset in range(0, len(tensors), batch):
-            outputs.append(runner(tensors[offset:offset + batch]))
-        seconds = time.perf_counter() - started
-        result["model"][variant] = {"images_per_s": round(len(tensors) / seconds, 2),
-                                    "prepare_s": round(prepare_s, 3),
-                                    "optimize_s": round(runner.optimize_seconds, 3)}
-        print(f"[ceiling {variant}] {len(tensors) / seconds:.2f} images/s", flush=True)
-        if variant == "none":
-            save_logits(config["work_dir"], paths, np.concatenate(outputs))
-        else:
-            np.savez(os.path.join(config["work_dir"], f"logits_{variant}.npz"),
-                     paths=np.array(paths), logits=np.concatenate(outputs))
+        for streams, stream_threads in ceiling_layouts(config, runner.device, variant):
+            label = variant if streams == 1 else f"{variant}, {streams} streams"
+            seconds, outputs = timed_streams(runner, tensors, config["batch_size"], streams,
+                                             stream_threads)
+            result["model"][label] = {
+                "images_per_s": round(len(tensors) / seconds, 2), "optimize": variant,
+                "streams": streams, "threads_per_stream": stream_threads,
+                "prepare_s": round(prepare_s, 3), "optimize_s": round(runner.optimize_seconds, 3)}
+            print(f"[ceiling {label}] {len(tensors) / seconds:.2f} images/s", flush=True)
+            if streams > 1:
+                continue
+            if variant == "none":
+                save_logits(config["work_dir"], paths, outputs)
+            else:
+                np.savez(os.path.join(config["work_dir"], f"logits_{variant}.npz"),
+                         paths=np.array(paths), logits=outputs)
     print(f"[decode] {decode_1:.1f} images/s on 1 thread, {decode_n:.1f} on "
           f"{config['decode_threads']}", flush=True)
     return result
+
+
+def ceiling_layouts(config: dict, device: str, optimize: str) -> list[tuple[int, int]]:
+    """(streams, threads per stream): one batch over every thread, and the pool's layout."""
+    from hybrid_infer.pool.settings import PoolSettings
+
+    settings = PoolSettings(batch_size=config["batch_size"], optimize=optimize,
+                            streams=config.get("streams"))
+    pool_layout = settings.stream_layout(device, config["threads"])
+    return sorted({(1, config["threads"]), pool_layout})
+
+
+def timed_streams(runner, tensors: list, batch: int, streams: int,
+                  stream_threads: int) -> tuple[float, np.ndarray]:
+    """Seconds to run every tensor through `runner`, `streams` threads each taking
+    batch/streams rows at a time on `stream_threads` torch threads (the pool's
+    layout); one untimed call first. Returns (seconds, outputs in input order)."""
+    import threading
+
+    import torch
+
+    rows = -(-batch // streams)
+    chunks = collections.deque(enumerate(range(0, len(tensors), rows)))
+    outputs: dict[int, np.ndarray] = {}
+
+    def work() -> None:
+        torch.set_num_threads(stream_threads)
+        while True:
+            try:
+                index, offset = chunks.popleft()
+            except IndexError:
+                return
+            outputs[index] = runner(tensors[offset:offset + rows])
+
+    torch.set_num_threads(stream_threads)
+    runner(tensors[:rows])  # warm-up: one call, untimed (stated in the report)
+    threads = [threading.Thread(target=work) for _ in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    return seconds, np.concatenate([outputs[index] for index in sorted(outputs)])
 
 
 CONTENDERS = {
@@ -441,7 +515,7 @@ CONTENDERS = {
     "predict_batch_udf": run_predict_batch_udf_contender,
     "ray_data": run_ray_data_contender,
     "hybrid": run_hybrid_contender,
-    # "raydp": run_raydp_contender  <- hook for hybrid_infer's raydp mode (another issue)
+    "raydp": run_raydp_contender,
 }
 
 

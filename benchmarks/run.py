@@ -48,9 +48,11 @@ CONTENDERS = {
     "ray_data": ("ray_data", False),
     "hybrid": ("hybrid", False),
     "hybrid_optimized": ("hybrid", True),
-    # "raydp": ("raydp", False),  <- add with a runner in contenders.py when the mode lands
+    "raydp": ("raydp", False),
 }
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "ceiling_end"]
+#: Runners whose first main job starts a pool (reported "cold") and second reuses it.
+POOL_RUNNERS = ("hybrid", "raydp")
 
 
 def parse_args(argv=None):
@@ -67,6 +69,10 @@ def parse_args(argv=None):
     parser.add_argument("--actors", type=int, default=1,
                         help="hybrid pool actors; the --threads are split between them "
                              "(they share one object-store copy of the weights)")
+    parser.add_argument("--streams", type=int, default=None,
+                        help="model threads per hybrid actor (default: the engine's, one "
+                             "single-threaded stream per thread on CPU); the ceiling also "
+                             "runs this layout")
     parser.add_argument("--spark-slots", type=int, default=2, help="local[N] task slots")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
@@ -124,7 +130,7 @@ def job_plan(args, runner: str) -> list[dict]:
     main = {"label": "main", "rows": args.images, "partitions": args.partitions, "keep": True}
     small = {"label": "small", "rows": args.small_rows, "partitions": min(2, args.partitions),
              "repeat": args.small_jobs}
-    if runner == "hybrid":
+    if runner in POOL_RUNNERS:
         jobs = [{**main, "repeat": 2}, small]  # cold, warm; no warm-up
     else:
         jobs = [{**small, "warmup": 1}, main]
@@ -164,10 +170,10 @@ def run_contender(name: str, args, image_dir: str, run_dir: str) -> dict:
         "precision": args.precision, "channels_last": args.channels_last,
         "optimize": args.optimize if (optimized or runner == "ceiling") else "none",
         "spark_slots": args.spark_slots, "rows": args.images, "decode_threads": 2,
-        "actors": args.actors,
+        "actors": args.actors, "streams": args.streams,
         # Ray Data needs CPUs for RayDP's executor, its decode tasks and its actors; the
         # hybrid pool one per actor (what the embedded runtime gives it: one per core)
-        "ray_cpus": (max(4, args.spark_slots + 2) if runner == "ray_data"
+        "ray_cpus": (max(4, args.spark_slots + 2) if runner in ("ray_data", "raydp")
                      else max(os.cpu_count(), args.actors)),
         "object_store_bytes": 1 << 30,
         "jobs": [] if runner == "ceiling" else job_plan(args, runner),

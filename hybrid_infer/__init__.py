@@ -6,16 +6,39 @@
         out.write.parquet("predictions.parquet")
 """
 
-from hybrid_infer.api import MODES, infer
-from hybrid_infer.batch_udf import predict_batch_udf
-from hybrid_infer.decode import Preprocess
-from hybrid_infer.errors import (ConfigurationError, HybridInferError, InputError,
-                                 ModelError, PoolError)
-from hybrid_infer.models import ModelSpec
-from hybrid_infer.pool.registry import Pool
-from hybrid_infer.pool.settings import PoolSettings
-from hybrid_infer.runtime import Runtime, start_runtime
-from hybrid_infer.sources import read_images, read_input, read_parquet
+from __future__ import annotations
+
+import importlib
+
+# Names load on first use (PEP 562): a Ray actor or Spark worker that imports one
+# submodule (e.g. hybrid_infer.pool.actor) must not pay for pyspark and pandas too.
+_EXPORTS = {
+    "MODES": "hybrid_infer.api", "infer": "hybrid_infer.api",
+    "predict_batch_udf": "hybrid_infer.batch_udf",
+    "Preprocess": "hybrid_infer.decode",
+    "ConfigurationError": "hybrid_infer.errors", "HybridInferError": "hybrid_infer.errors",
+    "InputError": "hybrid_infer.errors", "ModelError": "hybrid_infer.errors",
+    "PoolError": "hybrid_infer.errors",
+    "ModelSpec": "hybrid_infer.models",
+    "Pool": "hybrid_infer.pool.registry",
+    "PoolSettings": "hybrid_infer.pool.settings",
+    "Runtime": "hybrid_infer.runtime", "start_runtime": "hybrid_infer.runtime",
+    "read_images": "hybrid_infer.sources", "read_input": "hybrid_infer.sources",
+    "read_parquet": "hybrid_infer.sources",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hybrid_infer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "MODES", "ConfigurationError", "HybridInferError", "InputError", "ModelError", "ModelSpec",

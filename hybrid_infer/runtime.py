@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 
 from hybrid_infer.errors import ConfigurationError
@@ -110,7 +111,7 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
     conf.update(extra_conf or {})
     for key, value in conf.items():
         builder = builder.config(key, value)
-    os.environ.setdefault("PYSPARK_PYTHON", _python_executable())
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     try:
         session = builder.getOrCreate()
@@ -138,6 +139,9 @@ def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: in
             "spark.ray.raydp_app_master.extraJavaOptions": JAVA17_OPTIONS_STR,
             "spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK,
             "spark.ui.enabled": "false", **(extra_conf or {})}
+    # Python UDFs on RayDP's executors run this interpreter (the SparkContext reads it
+    # at start), not whatever `python3` comes first on the PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
         return raydp.init_spark(app_name, num_executors, executor_cores, executor_memory,
                                 configs=conf)
@@ -152,11 +156,6 @@ def launched_by_spark_submit() -> bool:
     """True in a driver started by spark-submit, whose JVM (and master) already exist."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
-
-def _python_executable() -> str:
-    import sys
-
-    return sys.executable
 
 
 def connect_ray(address: str | None = None, *, num_cpus: int | None = None,

@@ -48,6 +48,37 @@ def test_overhead_is_the_intercept_of_the_two_job_sizes():
     assert "| udf |" in report.markdown_table([row], results["ceiling"], config)
 
 
+def test_ratios_use_the_fastest_ceiling_layout_of_the_same_optimisation():
+    config = {"images": 512, "small_rows": 64, "partitions": 4}
+    ceiling = {"model": {"none": {"images_per_s": 50.0, "optimize": "none"},
+                         "none, 2 streams": {"images_per_s": 64.0, "optimize": "none"},
+                         "freeze": {"images_per_s": 90.0, "optimize": "freeze"}}}
+    assert report.best_ceilings(ceiling) == {"none": 64.0, "freeze": 90.0}
+    results = {"ceiling": ceiling, "udf": {"jobs": [
+        {"label": "main", "rows": 512, "partitions": 4,
+         "runs": [{"wall_s": 16.0, "first_result_s": 2, "model_loads": 2}]}]}}
+    (row,) = report.mode_rows(results, config)
+    assert row["ratio_to_ceiling"] == pytest.approx(0.5)
+
+
+def test_stream_ceiling_returns_every_output_in_input_order():
+    import torch
+
+    import contenders
+
+    calls = []
+
+    def runner(tensors):
+        calls.append(len(tensors))
+        return torch.stack(tensors).numpy() * 2
+
+    tensors = [torch.full((3,), float(i)) for i in range(37)]
+    seconds, outputs = contenders.timed_streams(runner, tensors, batch=8, streams=2,
+                                                stream_threads=1)
+    np.testing.assert_array_equal(outputs[:, 0], np.arange(37) * 2)
+    assert seconds > 0 and max(calls) == 4  # each stream takes half of the batch
+
+
 def test_bench_through_the_cli_refuses_cuda_without_a_gpu():
     import torch
 
