@@ -1,6 +1,6 @@
 """Benchmark every mode side by side over the same generated JPEGs, against the ceiling.
 
-    python benchmarks/run.py                      # resnet18, 512 images, CPU (~15 min, 2 cores)
+    python benchmarks/run.py                      # resnet18, 512 images, CPU (~9 min, 2 cores)
     python benchmarks/run.py --model resnet50 --images 256 --optimize freeze
     python benchmarks/run.py --full               # size sweep to 4096, partitions 2..32
     python benchmarks/run.py --device cuda        # bf16 autocast + channels_last on a GPU
