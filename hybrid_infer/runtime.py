@@ -176,10 +176,10 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address is None:
         _keep_ray_on_loopback()
         # An embedded head serves the engine's own actors, which get their own worker
-        # processes: idle generic workers (prestarted per CPU, or kept after a task
-        # such as the pool's weights build) would only hold memory (~45 MiB each).
+        # processes: idle generic workers prestarted per CPU would only hold memory.
+        # (Killing every idle worker too, RAY_num_workers_soft_limit=0, saves ~45 MiB
+        # but halves the raydp mode's throughput: Ray Data restarts a worker per task.)
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-        os.environ.setdefault("RAY_num_workers_soft_limit", "0")
         ray.init(
             # "local": always a new head of our own; with no address, ray.init joins any
             # cluster it finds on the machine (another user's `ray start`).
