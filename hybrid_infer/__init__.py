@@ -40,9 +40,5 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_EXPORTS))
 
 
-__all__ = [
-    "MODES", "ConfigurationError", "HybridInferError", "InputError", "ModelError", "ModelSpec",
-    "Pool", "PoolError", "PoolSettings", "Preprocess", "Runtime", "infer", "predict_batch_udf",
-    "read_images", "read_input", "read_parquet", "start_runtime",
-]
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

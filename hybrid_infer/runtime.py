@@ -157,7 +157,6 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-
 def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
                 object_store_memory: int | None = None) -> tuple[str, bool]:
     """Connect this process to Ray; start a local head on loopback when `address` is None.

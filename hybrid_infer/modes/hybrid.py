@@ -7,6 +7,7 @@ back onto the results it gets, so row identity never leaves the task.
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import pyarrow as pa
@@ -43,7 +44,7 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
         dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
                                 timeout_s=timeout_s)
         slices = _slices(batches, rows_per_batch)
-        pending_ids: list[pa.RecordBatch] = []
+        pending_ids: collections.deque[pa.RecordBatch] = collections.deque()
 
         def payloads():
             for piece in slices:
@@ -51,7 +52,7 @@ def run_hybrid(df, *, pool, ray_address: str, input_col: str, id_cols: list[str]
                 yield _compact(piece.select([input_col]))
 
         for result in dispatcher.map(payloads()):
-            ids = pending_ids.pop(0)
+            ids = pending_ids.popleft()
             yield pa.RecordBatch.from_arrays(
                 list(ids.columns) + list(result.columns),
                 names=list(ids.schema.names) + list(result.schema.names))

@@ -120,9 +120,9 @@ class InferencePipeline:
         request = _Request(len(values), None)
         self.stats.add(requests=1)
         self.stats.last_used = time.time()
+        with self._decoding_lock:  # counted before any is submitted: none can finish first
+            self._decoding += len(values)
         for index, value in enumerate(values):
-            with self._decoding_lock:
-                self._decoding += 1
             self._decode_pool.submit(self._decode_one, request, index, value, decode)
         if not request.done.wait(timeout):
             raise TimeoutError(f"a batch of {len(values)} rows was not done within {timeout} s "

@@ -4,8 +4,9 @@ A pool is a detached `PoolManager` actor named after the PoolKey, in the engine'
 namespace, plus its InferenceActors. The manager owns the object-store copy of the
 weights, so the copy lives exactly as long as the pool, whichever driver created it.
 The weights are built by a one-off task the manager calls (its worker exits after), so
-neither the driver nor the manager ever holds torch or a copy of the weights. A second job with the same key finds the manager by name
-and reuses its warm actors; a job with a different model or weights gets its own pool.
+neither the driver nor the manager ever holds torch or a copy of the weights. A second
+job with the same key finds the manager by name and reuses its warm actors; a job with
+a different model or weights gets its own pool.
 
 A pool serves a ModelSpec (image models on InferenceActor) by default. Any other spec
 may bring its own actor by defining `actor_class()` (constructed as
@@ -264,7 +265,7 @@ class Pool:
         import ray
         from ray.util.client import ray as ray_client
 
-        from hybrid_infer.weights import state_dict_to_arrays, weights_digest
+        from hybrid_infer.weights import weights_digest
 
         settings = settings or PoolSettings()
         digest = (spec.payload_digest() if hasattr(spec, "payload_digest")
@@ -284,7 +285,7 @@ class Pool:
             if hasattr(spec, "pool_payload"):
                 pool._call("start", num_actors, spec.pool_payload())
             elif ray_client.is_connected():  # a Ray Client driver is not a node to build on
-                pool._call("start", num_actors, state_dict_to_arrays(spec.load_state_dict()))
+                pool._call("start", num_actors, _weights_arrays(spec))
             else:
                 pool._call("start", num_actors, None, ray.get_runtime_context().get_node_id())
         return pool
