@@ -271,17 +271,24 @@ def run_hybrid_contender(config: dict) -> dict:
 
 def run_raydp_contender(config: dict) -> dict:
     """hybrid_infer's raydp mode: Spark on Ray (RayDP) -> Ray Data -> the warm pool."""
+    spark = raydp_spark(config, "bench-raydp", executor_cores=config["spark_slots"])
+    return run_pool_jobs(config, spark, mode="raydp", ray_address=None)
+
+
+def raydp_spark(config: dict, app_name: str, *, executor_cores: int):
+    """A local Ray head and RayDP's Spark on it, started the way the engine starts them
+    (loopback, Java 17 flags for Ray's Java workers and every JVM, this interpreter)."""
+    import ray
+
     from hybrid_infer.runtime import connect_ray, start_raydp_spark
 
     connect_ray(None, num_cpus=config["ray_cpus"],
                 object_store_memory=config["object_store_bytes"])
-    import ray
-
     ray.data.DataContext.get_current().enable_progress_bars = False
-    spark = start_raydp_spark("bench-raydp", num_executors=1,
-                              executor_cores=config["spark_slots"], executor_memory="1G")
+    spark = start_raydp_spark(app_name, num_executors=1, executor_cores=executor_cores,
+                              executor_memory="1G")
     spark.sparkContext.setLogLevel("ERROR")
-    return run_pool_jobs(config, spark, mode="raydp", ray_address=None)
+    return spark
 
 
 def run_pool_jobs(config: dict, spark, *, mode: str, ray_address: str | None) -> dict:
@@ -340,24 +347,8 @@ def run_ray_data_contender(config: dict) -> dict:
     """
     import ray
     import raydp
-    from ray.job_config import JobConfig
 
-    from hybrid_infer import runtime
-
-    runtime._keep_ray_on_loopback()
-    ray.init(num_cpus=config["ray_cpus"], object_store_memory=config["object_store_bytes"],
-             include_dashboard=False, _node_ip_address=runtime.LOOPBACK,
-             log_to_driver=False, job_config=JobConfig(jvm_options=runtime.JAVA17_OPTIONS))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    java_opts = runtime.JAVA17_OPTIONS_STR
-    spark = raydp.init_spark("bench-ray-data", num_executors=1, executor_cores=1,
-                             executor_memory="1G", configs={
-                                 "spark.ray.raydp_app_master.extraJavaOptions": java_opts,
-                                 "spark.driver.extraJavaOptions": java_opts,
-                                 "spark.executor.extraJavaOptions": java_opts,
-                                 "spark.ui.enabled": "false",
-                             })
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = raydp_spark(config, "bench-ray-data", executor_cores=1)
     data = SparkData(spark, config["image_dir"])
     for job in config["jobs"]:
         data.frame(job["rows"], job["partitions"])
