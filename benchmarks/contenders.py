@@ -65,7 +65,7 @@ def make_runner(config: dict, module, optimize: str | None = None, threads: int 
     """The engine's forward pass (placement, precision, channels_last) for any contender."""
     import torch
 
-    from hybrid_infer.pool.runner import ModelRunner
+    from hybrid_infer.actor.runner import ModelRunner
 
     torch.set_num_threads(threads or config["threads"])
     return ModelRunner(module, device=config["device"], precision=config["precision"],
@@ -209,7 +209,7 @@ def spark_session(config: dict):
 def run_udf_contender(config: dict) -> dict:
     from hybrid_infer.decode import Preprocess
     from hybrid_infer.modes.udf import run_udf
-    from hybrid_infer.pool.actor import RequestOptions
+    from hybrid_infer.actor.inference import RequestOptions
 
     spark = spark_session(config)
     spec = CountingSpec(config["model"], seed=config["seed"], stamp_dir=config["stamp_dir"],

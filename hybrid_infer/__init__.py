@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 # Names load on first use (PEP 562): a Ray actor or Spark worker that imports one
-# submodule (e.g. hybrid_infer.pool.actor) must not pay for pyspark and pandas too.
+# submodule (e.g. hybrid_infer.actor.inference) must not pay for pyspark and pandas too.
 _EXPORTS = {
     "MODES": "hybrid_infer.api", "infer": "hybrid_infer.api",
     "predict_batch_udf": "hybrid_infer.batch_udf",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.models import model_spec
-from hybrid_infer.pool.actor import RequestOptions
+from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PoolSettings
 
 MODES = ("hybrid", "raydp", "udf")

@@ -3,7 +3,7 @@
 Same signature and contract as `pyspark.ml.functions.predict_batch_udf` (PySpark 3.5):
 the Spark side converts columns to NumPy and validates predictions with PySpark's own
 helpers, so inputs, outputs and error messages are PySpark's. The difference is where
-`make_predict_fn` runs: once per pool actor (pool/predict_fn_actor.py), kept loaded
+`make_predict_fn` runs: once per pool actor (actor/predict_fn.py), kept loaded
 across jobs and across UDF objects built from the same function and settings, instead
 of once per Spark Python worker and UDF object.
 """
@@ -22,7 +22,7 @@ from pyspark.ml.functions import (
     _validate_and_transform_single_input,
 )
 
-from hybrid_infer.pool.predict_fn_actor import PredictFnSpec, PredictRequest
+from hybrid_infer.actor.predict_fn import PredictFnSpec, PredictRequest
 from hybrid_infer.pool.settings import PoolSettings
 
 # One Ray round trip per Spark Python worker and pool for the predict fn's signature.

@@ -12,7 +12,7 @@ from hybrid_infer.decode import ImageDecoder
 from hybrid_infer.errors import ConfigurationError
 from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.registry import Pool
-from hybrid_infer.pool.runner import ModelRunner
+from hybrid_infer.actor.runner import ModelRunner
 from hybrid_infer.pool.settings import PoolKey, PoolSettings
 from hybrid_infer.weights import module_from_arrays, state_dict_to_arrays, weights_digest
 

@@ -85,7 +85,7 @@ def test_embeddings_from_a_named_layer(images_df, module, decoded, ray_address, 
 
 
 def test_unknown_layer_is_a_model_error(module):
-    from hybrid_infer.pool.runner import ModelRunner
+    from hybrid_infer.actor.runner import ModelRunner
 
     with pytest.raises(ModelError, match="no layer 'avgpol'"):
         ModelRunner(module, device="cpu", embedding_layer="avgpol")

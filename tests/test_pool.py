@@ -220,7 +220,7 @@ def test_streams_share_each_batch_and_run_concurrently():
     import numpy as np
     import torch
 
-    from hybrid_infer.pool.pipeline import InferencePipeline
+    from hybrid_infer.actor.pipeline import InferencePipeline
 
     calls, running, most = [], [0], [0]
     lock = threading.Lock()

@@ -124,7 +124,7 @@ def test_batches_over_the_memory_cap_are_split_down_to_one_row(spark, ray_addres
 def test_cuda_out_of_memory_is_split_and_retried_like_the_host_cap():
     import torch
 
-    from hybrid_infer.pool.pipeline import InferencePipeline
+    from hybrid_infer.actor.pipeline import InferencePipeline
 
     calls = []
 

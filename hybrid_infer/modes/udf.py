@@ -62,7 +62,7 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
         import torch
         from torch.utils.data import DataLoader
 
-        from hybrid_infer.pool.runner import LayerTap
+        from hybrid_infer.actor.runner import LayerTap
 
         model = spec.build_module()
         model.load_state_dict(state_dict.value)

@@ -12,7 +12,7 @@ A pool serves a ModelSpec (image models on InferenceActor) by default. Any other
 may bring its own actor by defining `actor_class()` (constructed as
 `cls(spec, payload, settings, pool_name, index)`), `pool_payload()` (what the manager
 puts into the object store once) and `payload_digest()` (identifies that payload);
-e.g. pool/predict_fn_actor.py for predict_batch_udf's user functions.
+e.g. actor/predict_fn.py for predict_batch_udf's user functions.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class PoolManager:
     def _spawn(self, index: int):
         import ray
 
-        from hybrid_infer.pool.actor import InferenceActor
+        from hybrid_infer.actor.inference import InferenceActor
 
         actor_class = (self.spec.actor_class() if hasattr(self.spec, "actor_class")
                        else InferenceActor)

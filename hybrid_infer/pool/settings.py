@@ -10,7 +10,7 @@ from hybrid_infer.errors import ConfigurationError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
-#: One-time model optimisations a long-lived actor can afford (see pool/runner.py).
+#: One-time model optimisations a long-lived actor can afford (see actor/runner.py).
 OPTIMIZATIONS = ("none", "freeze", "compile")
 
 

@@ -36,8 +36,8 @@ class InferenceActor:
     def __init__(self, spec, weights, settings, pool_name: str, index: int):
         import torch
 
-        from hybrid_infer.pool.pipeline import InferencePipeline
-        from hybrid_infer.pool.runner import ModelRunner
+        from hybrid_infer.actor.pipeline import InferencePipeline
+        from hybrid_infer.actor.runner import ModelRunner
         from hybrid_infer.weights import module_from_arrays
 
         started = time.time()
