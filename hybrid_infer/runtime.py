@@ -152,6 +152,18 @@ def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: in
             "the same process.") from exc
 
 
+def import_raydp():
+    """The raydp module, or a ConfigurationError naming the extra that installs it."""
+    try:
+        import raydp
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the raydp mode needs RayDP, which is not installed ({exc}): install the "
+            "extra, pip install 'hybrid-infer[raydp]' (RayDP 1.6 needs pyspark <= 3.5.7)"
+        ) from None
+    return raydp
+
+
 def launched_by_spark_submit() -> bool:
     """True in a driver started by spark-submit, whose JVM (and master) already exist."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
