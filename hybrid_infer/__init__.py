@@ -18,6 +18,7 @@ _EXPORTS = {
     "Preprocess": "hybrid_infer.decode",
     "ConfigurationError": "hybrid_infer.errors", "HybridInferError": "hybrid_infer.errors",
     "InputError": "hybrid_infer.errors", "ModelError": "hybrid_infer.errors",
+    "OutputError": "hybrid_infer.errors",
     "PoolError": "hybrid_infer.errors",
     "ModelSpec": "hybrid_infer.models",
     "Pool": "hybrid_infer.pool.registry",

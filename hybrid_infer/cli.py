@@ -1,4 +1,9 @@
-"""The `hybrid-infer` command: demo | run | pool start|status|stop|scale | bench."""
+"""The `hybrid-infer` command: demo | run | pool start|status|stop|scale | bench.
+
+Exit codes: 0 success; 1 runtime error (a cluster, model, pool or write failed);
+2 usage error (bad options, or an --output that would destroy data); 3 the job ran
+and wrote its output, but some rows failed (their reasons are in the `error` column).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,33 @@ import json
 import os
 import sys
 
-from hybrid_infer.errors import HybridInferError
+from hybrid_infer.errors import HybridInferError, OutputError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
 
-def _add_cluster_options(parser, *, ray_default=None):
+def _env_ray_address(fallback=None):
+    """RAY_ADDRESS, as `ray job submit` sets it for the job's entrypoint, else `fallback`."""
+    return os.environ.get("RAY_ADDRESS") or fallback
+
+
+def _add_cluster_options(parser):
     group = parser.add_argument_group("clusters (default: embedded local Spark and Ray)")
     group.add_argument("--spark-master", default=None,
                        help="Spark master URL, e.g. spark://host:7077 (default: local[*])")
-    group.add_argument("--ray-address", default=ray_default,
-                       help="Ray cluster: host:port, 'auto' or ray://host:10001 "
-                            "(default: %(default)s; none starts a local Ray on 127.0.0.1)")
+    group.add_argument("--ray-address", default=_env_ray_address(),
+                       help="Ray cluster: host:port, 'auto' or ray://host:10001 (default: "
+                            "$RAY_ADDRESS if set, else a local Ray on 127.0.0.1). With token "
+                            "authentication, set RAY_AUTH_TOKEN or ~/.ray/auth_token")
+
+
+def _add_output_options(parser):
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output even if the engine did not write "
+                             "it (default: only the engine's own earlier output is replaced)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object on stdout (progress and "
+                             "messages go to stderr)")
 
 
 def _add_model_options(parser):
@@ -69,9 +91,14 @@ def _model_spec(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hybrid_infer import __version__
+
     parser = argparse.ArgumentParser(
         prog="hybrid-infer",
-        description="Deep-learning batch inference over Spark DataFrames on a warm Ray actor pool.")
+        description="Deep-learning batch inference over Spark DataFrames on a warm Ray actor pool.",
+        epilog="exit codes: 0 success, 1 runtime error, 2 usage error, 3 some rows failed "
+               "(the output was written; see its `error` column)")
+    parser.add_argument("--version", action="version", version=f"hybrid-infer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",
@@ -81,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo_output",
                       help="where the images and predictions go (default: %(default)s)")
     demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
+    _add_output_options(demo)
     _add_model_options(demo)
     _add_pool_options(demo)
     _add_cluster_options(demo)
@@ -100,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pixels", type=int, default=None,
                      help="refuse images with more pixels than this before decoding "
                           "(default: 64,000,000)")
+    _add_output_options(run)
     _add_model_options(run)
     _add_pool_options(run)
     _add_cluster_options(run)
@@ -118,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--name", required=True)
     scale.add_argument("--num-actors", type=int, required=True)
     for sub in (start, status, stop, scale):
-        sub.add_argument("--ray-address", default="auto",
-                         help="the Ray cluster holding the pools (default: %(default)s)")
+        sub.add_argument("--ray-address", default=_env_ray_address("auto"),
+                         help="the Ray cluster holding the pools (default: $RAY_ADDRESS if "
+                              "set, else 'auto': the cluster started on this machine)")
+        sub.add_argument("--json", action="store_true",
+                         help="print JSON instead of a table")
 
     bench = commands.add_parser("bench", help="benchmark the modes side by side",
                                 description="Run benchmarks/run.py (see its --help).",
@@ -128,43 +160,103 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(HybridInferError):
+    """The command line asks for something that cannot or must not run (exit code 2)."""
+
+
+def _before_start(check, *args, **kwargs):
+    """Run a check of the command line before anything starts: its failure is a usage error."""
+    try:
+        return check(*args, **kwargs)
+    except UsageError:
+        raise
+    except HybridInferError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _say(text: str) -> None:
+    """Messages beside the result go to stderr, so stdout holds only the result."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _report(summary, args) -> int:
+    print(json.dumps(summary.to_dict()) if args.json else summary.render(), flush=True)
+    return EXIT_ROWS_FAILED if summary.failed else EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from hybrid_infer.demo_data import generate_jpegs
     from hybrid_infer.job import run_job
+    from hybrid_infer.output_path import check_output
     from hybrid_infer.runtime import start_runtime
 
     image_dir = os.path.join(args.workdir, "images")
     output = os.path.join(args.workdir, "predictions.parquet")
+    spec = _before_start(_model_spec, args)
+    _before_start(check_output, image_dir, output, overwrite=args.overwrite)
     generate_jpegs(image_dir, args.images)
-    print(f"generated {args.images} JPEGs in {image_dir}")
+    _say(f"generated {args.images} JPEGs in {image_dir}")
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
-                          model=_model_spec(args), model_name=args.model, mode=args.mode, pool=_pool_settings(args),
-                          ray_address=runtime.ray_address, top_k=5)
-    print(summary.render())
-    return 0
+                          model=spec, model_name=args.model, mode=args.mode,
+                          pool=_pool_settings(args), ray_address=runtime.ray_address,
+                          top_k=5, overwrite=args.overwrite)
+    return _report(summary, args)
+
+
+def _check_run_paths(args) -> None:
+    from hybrid_infer.errors import InputError
+    from hybrid_infer.output_path import check_output
+
+    if "://" not in args.input and not os.path.exists(args.input):
+        raise InputError(f"input path {args.input!r} does not exist: pass a directory "
+                         "of images or a Parquet dataset (--input)")
+    check_output(args.input, args.output, overwrite=args.overwrite)
 
 
 def cmd_run(args) -> int:
+    from hybrid_infer.decode import Preprocess
     from hybrid_infer.job import run_job
     from hybrid_infer.runtime import start_runtime
 
-    from hybrid_infer.decode import Preprocess
-
-    spec = _model_spec(args)  # fail on a bad model or input before starting anything
+    # fail on a bad model, input or output before starting anything
+    spec = _before_start(_model_spec, args)
     preprocess = Preprocess(max_pixels=args.max_pixels) if args.max_pixels else None
-    if "://" not in args.input and not os.path.exists(args.input):
-        raise HybridInferError(f"input path {args.input!r} does not exist: pass a directory "
-                               "of images or a Parquet dataset (--input)")
+    _before_start(_check_run_paths, args)
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
                           input_col=args.input_col, model=spec, model_name=args.model,
                           mode=args.mode,
                           pool=_pool_settings(args), ray_address=runtime.ray_address,
                           top_k=args.top_k, progress=not args.no_progress,
-                          fail_fast=args.fail_fast, preprocess=preprocess)
-    print(summary.render())
-    return 0
+                          fail_fast=args.fail_fast, preprocess=preprocess,
+                          overwrite=args.overwrite)
+    return _report(summary, args)
+
+
+#: The columns of `pool status` as a table: (heading, value from a pool's status).
+_POOL_COLUMNS = [
+    ("NAME", lambda s: s["name"]),
+    ("MODEL", lambda s: s["model"]),
+    ("DEVICE", lambda s: ",".join(sorted({str(a.get("device")) for a in s["actors"]})) or "-"),
+    ("ACTORS", lambda s: len(s["actors"])),
+    ("ROWS", lambda s: s["rows"]),
+    ("BATCHES", lambda s: s["batches"]),
+    ("LOADS", lambda s: s["model_loads"]),
+    ("REPLACED", lambda s: s.get("replaced_actors", 0)),
+    ("UPTIME_S", lambda s: s.get("uptime_s", "")),
+]
+
+
+def pool_table(statuses: list[dict]) -> str:
+    """A readable table of pools, one row each (`pool status` without --json)."""
+    if not statuses:
+        return "no pools running"
+    rows = [[head for head, _ in _POOL_COLUMNS]]
+    rows += [[str(value(s)) for _, value in _POOL_COLUMNS] for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
 
 
 def cmd_pool(args) -> int:
@@ -173,20 +265,27 @@ def cmd_pool(args) -> int:
 
     connect_ray(args.ray_address)
     if args.pool_command == "start":
-        pool = Pool.get_or_create(_model_spec(args), _pool_settings(args))
-        print(json.dumps(pool.status(), indent=2, default=str))
+        statuses = [Pool.get_or_create(_model_spec(args), _pool_settings(args)).status()]
+        print(json.dumps(statuses[0], default=str) if args.json else pool_table(statuses))
     elif args.pool_command == "status":
         names = [args.name] if args.name else Pool.names()
-        print(json.dumps([Pool.get(name).status() for name in names], indent=2, default=str))
+        statuses = [Pool.get(name).status() for name in names]
+        print(json.dumps(statuses, default=str) if args.json else pool_table(statuses))
     elif args.pool_command == "stop":
         names = [args.name] if args.name else Pool.names()
-        for name in names:
-            print(f"stopped {name}: {Pool.get(name).stop()} actors")
-        if not names:
-            print("no pools running")
+        stopped = {name: Pool.get(name).stop() for name in names}
+        if args.json:
+            print(json.dumps([{"name": n, "stopped_actors": k} for n, k in stopped.items()]))
+        else:
+            for name, killed in stopped.items():
+                print(f"stopped {name}: {killed} actors")
+            if not names:
+                print("no pools running")
     elif args.pool_command == "scale":
-        print(f"{args.name}: {len(Pool.get(args.name).scale(args.num_actors))} actors")
-    return 0
+        actors = len(Pool.get(args.name).scale(args.num_actors))
+        print(json.dumps({"name": args.name, "actors": actors}) if args.json
+              else f"{args.name}: {actors} actors")
+    return EXIT_OK
 
 
 def cmd_bench(args) -> int:
@@ -205,13 +304,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
     handler = {"demo": cmd_demo, "run": cmd_run, "pool": cmd_pool, "bench": cmd_bench}
     try:
         return handler[args.command](args)
     except HybridInferError as exc:
-        print(f"hybrid-infer: error: {exc}", file=sys.stderr)
-        return 2
+        message = " ".join(str(exc).split())  # one line, whatever the cause's layout
+        print(f"hybrid-infer: error: {message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
 
 
 if __name__ == "__main__":

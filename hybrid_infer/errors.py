@@ -13,6 +13,11 @@ class InputError(HybridInferError):
     """An input path, column or format is missing or not what the job needs."""
 
 
+class OutputError(HybridInferError):
+    """The output path would destroy data (the input, or files the engine did not write)
+    or cannot be written."""
+
+
 class ModelError(HybridInferError):
     """A model name, factory or weights file cannot be used."""
 

@@ -23,6 +23,14 @@ class JobSummary:
     def images_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
 
+    def to_dict(self) -> dict:
+        """The summary as JSON-ready values (`hybrid-infer run --json`)."""
+        return {"rows": self.rows, "succeeded": self.rows - self.failed,
+                "failed": self.failed, "errors_by_reason": dict(self.errors_by_reason),
+                "seconds": round(self.seconds, 3),
+                "images_per_s": round(self.images_per_s, 3), "output": self.output,
+                "mode": self.mode, "model": self.model}
+
     def render(self) -> str:
         lines = [
             f"mode {self.mode}, model {self.model}",
@@ -36,13 +44,22 @@ class JobSummary:
 
 
 def run_job(spark, *, input_path: str, output_path: str, input_col: str = "content",
-            progress: bool = True, model_name: str | None = None,
+            progress: bool = True, model_name: str | None = None, overwrite: bool = False,
             **infer_options) -> JobSummary:
-    """Read `input_path`, infer with `infer_options` (see hybrid_infer.infer), write Parquet."""
+    """Read `input_path`, infer with `infer_options` (see hybrid_infer.infer), write Parquet.
+
+    The output is checked before the pool starts (hybrid_infer.output_path): never the
+    input or around it, never over data the engine did not write unless `overwrite`,
+    and writable. A completed output gets the engine's marker file.
+    """
     from hybrid_infer.api import infer
+    from hybrid_infer.output_path import (check_output, output_exists, remove_failed_output,
+                                          write_marker)
     from hybrid_infer.progress import SparkProgress
     from hybrid_infer.sources import read_input
 
+    check_output(input_path, output_path, overwrite=overwrite, spark=spark)
+    existed = output_exists(output_path)
     df = read_input(spark, input_path, column=input_col)
     started = time.time()
     result = infer(df, input_col=input_col, **infer_options)
@@ -56,12 +73,28 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     except Exception as exc:
         engine_error = error_from_spark(exc)
         if engine_error is None:
+            engine_error = _write_failure(exc, output_path)
+        if not existed:
+            remove_failed_output(output_path)
+        if engine_error is None:
             raise
         raise engine_error from exc
     seconds = time.time() - started
+    write_marker(output_path, input_path=input_path, spark=spark)
     return summarise(spark, output_path, seconds=seconds,
                      mode=infer_options.get("mode", "hybrid"),
                      model=model_name or str(infer_options.get("model", "resnet18")))
+
+
+def _write_failure(exc: BaseException, output_path: str):
+    """A Spark job that failed for a reason of its own (disk full, permissions): its
+    innermost cause in one line, not the JVM's trace. None for a non-Spark exception."""
+    from hybrid_infer.output_path import write_failure
+
+    text = str(exc)
+    if type(exc).__name__ == "Py4JJavaError" or "java." in text or "org.apache" in text:
+        return write_failure(exc, output_path)
+    return None
 
 
 def error_from_spark(exc: BaseException):

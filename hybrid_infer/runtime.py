@@ -204,6 +204,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
         started = True
     else:
         prepare_ray_address(address)
+        prepare_token_auth(address)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -237,6 +238,39 @@ def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
             f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start "
             "--head --node-ip-address=127.0.0.1` or pass the right --ray-address"
         ) from None
+
+
+def prepare_token_auth(address: str, timeout_s: float = 5.0) -> None:
+    """Join a cluster that uses token authentication at an explicit host:port address.
+
+    Ray turns token mode on by itself only for 'auto'; with an explicit address and no
+    RAY_AUTH_MODE it connects without the token and retries for ~20 s. So: ask the GCS
+    once without a token; if it refuses, use the token this machine has (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), or fail in one line saying what to set.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or address in ("auto", "local") or "://" in address:
+        return
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+        return  # no authentication asked
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return  # ray.init reports anything else
+    finally:
+        channel.close()
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise ConfigurationError(
+            f"the Ray cluster at {address!r} uses token authentication and this machine "
+            "has no token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the cluster's token> "
+            "(or put the token in ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)")
+    os.environ["RAY_AUTH_MODE"] = "token"  # this process, and the workers it starts
+    Config.initialize("")
 
 
 def prepare_spark_master(master: str, timeout_s: float = 5.0) -> None:
