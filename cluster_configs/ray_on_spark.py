@@ -16,8 +16,10 @@ Needs `ray[client]` (grpcio): setup_ray_cluster always starts a Ray Client serve
 tests/test_ray_on_spark.py runs this file on a local standalone cluster.
 
 Databricks: use a cluster with the Databricks Runtime ML (Java 17 flags are set by
-the runtime); `%pip install` the hybrid-infer wheel first. GPU clusters: set
-num_gpus_worker_node to the GPUs per Spark worker and pass device="auto".
+the runtime); `%pip install` the hybrid-infer wheel first. GPU clusters: each Ray
+worker node gets the GPUs of the Spark task that hosts it, read from the application's
+`spark.task.resource.gpu.amount` (set it, with Spark's GPU discovery, as for any GPU
+job; `--gpus-per-node N` overrides it), and device="auto" puts one actor per GPU.
 EMR: set the spark-defaults from cluster_configs/spark-defaults-for-ray.conf in the
 cluster's configuration (classification "spark-defaults").
 """
@@ -36,7 +38,15 @@ from hybrid_infer.pool.settings import PoolSettings
 from hybrid_infer.runtime import spark_conf_for_java17
 
 
-def main(input_path: str, output_path: str, model: str, ray_nodes: int) -> None:
+def gpus_per_ray_node(spark, override: int | None = None) -> int:
+    """The GPUs each Ray worker node gets: those of the Spark task that hosts it."""
+    if override is not None:
+        return override
+    return int(float(spark.conf.get("spark.task.resource.gpu.amount", "0")))
+
+
+def main(input_path: str, output_path: str, model: str, ray_nodes: int,
+         gpus_per_node: int | None = None) -> None:
     builder = SparkSession.builder.appName("hybrid-infer-ray-on-spark")
     for key, value in spark_conf_for_java17().items():  # no-op where already set
         builder = builder.config(key, value)
@@ -48,7 +58,7 @@ def main(input_path: str, output_path: str, model: str, ray_nodes: int) -> None:
         max_worker_nodes=ray_nodes,
         min_worker_nodes=ray_nodes,
         num_cpus_worker_node=int(spark.conf.get("spark.task.cpus", "1")),
-        num_gpus_worker_node=0,                 # GPUs per Spark worker on GPU clusters
+        num_gpus_worker_node=gpus_per_ray_node(spark, gpus_per_node),
     )
     try:
         # one actor per Ray node (per GPU with device="auto" on GPU nodes)
@@ -81,5 +91,8 @@ if __name__ == "__main__":
     parser.add_argument("output", help="Parquet output path")
     parser.add_argument("--model", default="resnet50", help="torchvision model name")
     parser.add_argument("--ray-nodes", type=int, default=2, help="Ray worker nodes to start")
+    parser.add_argument("--gpus-per-node", type=int, default=None,
+                        help="GPUs per Ray worker node (default: the application's "
+                             "spark.task.resource.gpu.amount, 0 without GPUs)")
     args = parser.parse_args()
-    main(args.input, args.output, args.model, args.ray_nodes)
+    main(args.input, args.output, args.model, args.ray_nodes, args.gpus_per_node)

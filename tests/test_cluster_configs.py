@@ -120,7 +120,253 @@ def test_raycluster_gpu_workers_match_their_ray_resources():
         (container,) = group["template"]["spec"]["containers"]
         gpus = container["resources"]["limits"]["nvidia.com/gpu"]
         assert group["rayStartParams"]["num-gpus"] == gpus
-        assert any(m["mountPath"] == "/dev/shm" for m in container["volumeMounts"])
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        # /dev/shm is KubeRay's (a memory emptyDir sized to the container's memory): a
+        # hand-made mount, or a plasma-directory, would stop it from adding its own
+        assert "plasma-directory" not in group["rayStartParams"]
+        for container in group["template"]["spec"]["containers"]:
+            assert not [m for m in container.get("volumeMounts", [])
+                        if m["mountPath"] == "/dev/shm"]
+
+
+# -- issue 13: the Kubernetes manifests against their operators' own schemas --------------
+SCHEMAS = os.path.join(ROOT, "tests", "schemas")
+
+
+def crd_validator(name: str):
+    """A validator for a CRD's openAPIV3Schema (vendored in tests/schemas, see its README)
+    that, like `kubectl apply` (strict field validation), refuses unknown fields."""
+    import gzip
+    import json
+
+    import jsonschema
+
+    with gzip.open(os.path.join(SCHEMAS, name)) as handle:
+        document = json.load(handle)
+
+    def strict(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+        return node
+
+    schema = strict(document["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: the API server's
+    return document, jsonschema.Draft7Validator(schema)
+
+
+@pytest.mark.parametrize("manifest, schema", [
+    ("raycluster.yaml", "kuberay-v1.7.0-raycluster.json.gz"),
+    ("sparkapplication.yaml", "spark-operator-v2.5.2-sparkapplication.json.gz"),
+])
+def test_kubernetes_manifest_passes_its_operators_schema(manifest, schema):
+    document, validator = crd_validator(schema)
+    config = load_yaml("kubernetes", manifest)
+    assert config["apiVersion"] == document["apiVersion"]
+    assert config["kind"] == document["kind"]
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator.iter_errors(config)]
+    assert not errors, errors
+    # the validator does catch what kubectl would refuse
+    broken = {**config, "spec": {**config["spec"], "noSuchField": 1}}
+    assert not validator.is_valid(broken)
+
+
+def test_token_auth_from_one_secret_reaches_ray_and_spark():
+    ray_cluster = load_yaml("kubernetes", "raycluster.yaml")
+    app = load_yaml("kubernetes", "sparkapplication.yaml")
+    auth = ray_cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"]
+    for role in ("driver", "executor"):
+        env = {e["name"]: e for e in app["spec"][role]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": auth["secretName"], "key": "auth_token"}  # KubeRay's key in the Secret
+    with open(os.path.join(K8S, "raycluster.yaml")) as handle:  # how the Secret is made
+        assert (f"create secret generic {auth['secretName']} --from-literal=auth_token="
+                in handle.read())
+    launcher = load_yaml("ray-cluster-launcher-gpu.yaml")
+    for command in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert command.startswith("RAY_AUTH_MODE=token "), command
+    assert "~/.ray/auth_token" in launcher["file_mounts"]
+
+
+def test_no_dashboard_or_port_is_exposed_on_all_interfaces():
+    for path in config_files():  # in what the files set (their comments may explain it)
+        with open(path) as handle:
+            code = [ln for ln in handle if not ln.lstrip().startswith("#")]
+        assert not [ln for ln in code if "0.0.0.0" in ln], path
+    head = load_yaml("kubernetes", "raycluster.yaml")["spec"]["headGroupSpec"]
+    # KubeRay binds the dashboard to 0.0.0.0 unless dashboard-host is given
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    ports = head["template"]["spec"]["containers"][0]["ports"]
+    assert "dashboard" not in {p["name"] for p in ports}
+    (head_start,) = [c for c in load_yaml("ray-cluster-launcher-gpu.yaml")
+                     ["head_start_ray_commands"] if "--head" in c]
+    assert "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_operator_namespace_is_documented():
+    app = load_yaml("kubernetes", "sparkapplication.yaml")
+    namespace = app["metadata"]["namespace"]
+    with open(os.path.join(K8S, "sparkapplication.yaml")) as handle:
+        text = handle.read()
+    # the chart watches only `default` unless told; it then makes the service account
+    assert f'--set "spark.jobNamespaces={{{namespace}}}"' in text
+    assert app["spec"]["driver"]["serviceAccount"] == "spark-operator-spark"
+
+
+# -- issue 13: every image, path and file a config names is produced by this repository ---
+def package_version() -> str:
+    from hybrid_infer import __version__
+
+    return __version__
+
+
+def built_images() -> dict[str, str]:
+    """image name -> Dockerfile, from scripts/build_images.sh with its default registry."""
+    with open(os.path.join(ROOT, "scripts", "build_images.sh")) as handle:
+        script = handle.read()
+    registry = re.search(r"REGISTRY=\$\{REGISTRY:-([^}]+)\}", script).group(1)
+    images = {}
+    for dockerfile, tag in re.findall(r"docker build -f (\S+) -t \"([^\"]+)\"", script):
+        name = tag.replace("$REGISTRY", registry).replace("$VERSION", package_version())
+        images[name] = dockerfile
+    return images
+
+
+def named_images() -> list[tuple[str, str]]:
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "image" and isinstance(value, str):
+                    found.append((path, value))
+                walk(value, path)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    for path in config_files():
+        if path.endswith((".yaml", ".yml")):
+            with open(path) as handle:
+                for document in yaml.safe_load_all(handle):
+                    walk(document, os.path.relpath(path, ROOT))
+    return found
+
+
+def test_every_image_a_config_names_is_built_from_a_dockerfile_here():
+    images = built_images()
+    assert len(set(images.values())) == 2, images
+    named = named_images()
+    assert {path for path, _ in named} == {"cluster_configs/kubernetes/raycluster.yaml",
+                                           "cluster_configs/kubernetes/sparkapplication.yaml"}
+    for path, image in named:
+        assert image in images, (path, image, sorted(images))
+    for dockerfile in images.values():
+        with open(os.path.join(ROOT, dockerfile)) as handle:
+            text = handle.read()
+        # built from the package's own install: its wheel, at the tested versions
+        assert "pip wheel --no-deps" in text and "-c /tmp/constraints.txt" in text
+        for line in text.splitlines():  # everything it copies from the repository exists
+            if line.startswith("COPY ") and "--from=" not in line:
+                for source in line.split()[1:-1]:
+                    assert os.path.exists(os.path.join(ROOT, source)), (dockerfile, source)
+    gpu, spark = (images[f"registry.example.com/hybrid-infer:{package_version()}-{kind}"]
+                  for kind in ("gpu", "spark"))
+    with open(os.path.join(ROOT, gpu)) as handle:
+        text = handle.read()
+    assert f"ARG RAY_VERSION={ray.__version__}" in text
+    assert "FROM rayproject/ray:${RAY_VERSION}-py311-gpu" in text
+    with open(os.path.join(ROOT, spark)) as handle:
+        text = handle.read()
+    assert f"ARG SPARK_VERSION={__import__('pyspark').__version__}" in text
+    assert "java17" in re.search(r"FROM apache/spark:\S+", text).group(0)
+
+
+def test_every_path_in_the_spark_image_a_config_names_is_made_by_its_dockerfile():
+    app = load_yaml("kubernetes", "sparkapplication.yaml")
+    dockerfile = built_images()[app["spec"]["image"]]
+    with open(os.path.join(ROOT, dockerfile)) as handle:
+        text = handle.read()
+    main_file = app["spec"]["mainApplicationFile"][len("local://"):]
+    assert f"ln -s" in text and main_file in text              # -> the installed cli.py
+    python = app["spec"]["sparkConf"]["spark.pyspark.python"]
+    venv = python[:-len("/bin/python")]
+    assert f"-m venv {venv}" in text and f"{venv}/bin/pip install" in text
+    conf = read_spark_defaults(os.path.join(CONFIGS, "spark-defaults-for-ray.conf"))
+    assert conf["spark.pyspark.python"] == python
+
+
+def test_launcher_file_mounts_come_from_the_repository_or_a_documented_step(tmp_path):
+    import subprocess
+    import sys
+
+    from ray.scripts.scripts import cli as ray_cli
+
+    launcher = load_yaml("ray-cluster-launcher-gpu.yaml")
+    with open(os.path.join(CONFIGS, "ray-cluster-launcher-gpu.yaml")) as handle:
+        text = handle.read()
+    mounts = launcher["file_mounts"]
+    assert mounts["/opt/hybrid-infer/constraints.txt"] == "./constraints.txt"
+    assert os.path.isfile(os.path.join(ROOT, "constraints.txt"))
+    # ./dist is the wheel scripts/build_images.sh builds (documented in the file): build
+    # it here the same way and check it is the file setup_commands installs
+    assert mounts["/opt/hybrid-infer/dist"] == "./dist"
+    assert "WHEEL_ONLY=1 scripts/build_images.sh" in text
+    with open(os.path.join(ROOT, "scripts", "build_images.sh")) as handle:
+        assert "pip wheel --no-deps --wheel-dir dist ." in handle.read()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), ROOT], check=True, capture_output=True,
+                   timeout=300)
+    (wheel,) = os.listdir(tmp_path)
+    (install,) = [c for c in launcher["setup_commands"] if "pip install" in c]
+    assert f"/opt/hybrid-infer/dist/{wheel}[raydp]" in install
+    assert "-c /opt/hybrid-infer/constraints.txt" in install
+    # the token file comes from `ray get-auth-token --generate`, a real Ray command
+    assert mounts["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "ray get-auth-token --generate" in text and "get-auth-token" in ray_cli.commands
+
+
+def test_ray_on_spark_gives_each_ray_node_its_spark_tasks_gpus():
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location("ray_on_spark_example",
+                                                    os.path.join(CONFIGS, "ray_on_spark.py"))
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+
+    class Conf(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+    class Spark:
+        def __init__(self, **conf):
+            self.conf = Conf(conf)
+
+    assert module.gpus_per_ray_node(Spark()) == 0
+    assert module.gpus_per_ray_node(Spark(**{"spark.task.resource.gpu.amount": "2"})) == 2
+    assert module.gpus_per_ray_node(Spark(**{"spark.task.resource.gpu.amount": "1.0"})) == 1
+    assert module.gpus_per_ray_node(Spark(), override=4) == 4
+
+
+def test_readme_ray_start_binds_to_loopback():
+    """`--node-ip-address=127.0.0.1` alone is rewritten to the routable address, and the
+    GCS and raylet listen there; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 they keep
+    127.0.0.1 (what the embedded runtime does, hybrid_infer.runtime)."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        lines = [ln for ln in handle if "ray start --head" in ln and "127.0.0.1" in ln]
+    assert lines
+    for line in lines:
+        assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start" in line, line
 
 
 # -- the commands every example shows -----------------------------------------------------

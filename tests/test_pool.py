@@ -119,13 +119,14 @@ def test_pool_cli_status_and_stop(ray_address):
 
     cli = [sys.executable, "-m", "hybrid_infer.cli", "pool"]
     env = {**__import__("os").environ, **RAY_ENV}
-    started = subprocess.run(cli + ["start", "--ray-address", ray_address, "--model",
+    started = subprocess.run(cli + ["start", "--json", "--ray-address", ray_address, "--model",
                                     "mobilenet_v3_small", "--num-actors", "2"],
                              capture_output=True, text=True, timeout=300, env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     name = json.loads(started.stdout)["name"]
 
-    status = subprocess.run(cli + ["status", "--ray-address", ray_address, "--name", name],
+    status = subprocess.run(cli + ["status", "--json", "--ray-address", ray_address,
+                                   "--name", name],
                             capture_output=True, text=True, timeout=120, env=env)
     assert status.returncode == 0, status.stderr[-3000:]
     (report,) = json.loads(status.stdout)

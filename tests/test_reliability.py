@@ -278,7 +278,7 @@ def test_unreachable_ray_address_fails_fast_in_the_cli(tmp_path):
                            address], capture_output=True, text=True,
                           timeout=FAIL_WITHIN_S * 2, env={**os.environ, **RAY_ENV})
     seconds = time.perf_counter() - started
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]   # a runtime error, not a usage one
     assert f"no Ray cluster answers at '{address}'" in done.stderr, done.stderr[-2000:]
     assert "ray start --head" in done.stderr
     assert seconds < FAIL_WITHIN_S
