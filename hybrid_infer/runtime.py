@@ -210,7 +210,8 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigurationError(
                 f"could not reach the Ray cluster at {address!r}: {exc}. Start one with "
-                "`ray start --head --node-ip-address=127.0.0.1` or pass the right "
+                "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
+                "--node-ip-address=127.0.0.1` or pass the right "
                 "--ray-address (host:port of the GCS, 'auto', or ray://host:10001)."
             ) from exc
         started = False
@@ -235,8 +236,9 @@ def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
             pass
     except OSError as exc:
         raise ConfigurationError(
-            f"no Ray cluster answers at {address!r} ({exc}): start one with `ray start "
-            "--head --node-ip-address=127.0.0.1` or pass the right --ray-address"
+            f"no Ray cluster answers at {address!r} ({exc}): start one with "
+            "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
+            "--node-ip-address=127.0.0.1` or pass the right --ray-address"
         ) from None
 
 

@@ -192,3 +192,55 @@ def test_ray_address_json_summary_failed_rows_and_reruns(tmp_path, photos, ray_a
     stopped = cli(tmp_path, "pool", "stop", "--name", name, "--json", **env)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert json.loads(stopped.stdout) == [{"name": name, "stopped_actors": 1}]
+
+
+@pytest.mark.slow
+def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
+    """README's `ray start --head` line, run as shown (plus a free port, --block and a
+    private temp dir): every socket its processes listen on is on 127.0.0.1."""
+    import re
+    import shlex
+    import signal
+
+    import psutil
+
+    from conftest import free_port
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "README.md")) as handle:
+        (line,) = [ln for ln in handle if re.match(r"\S+=\S+ ray start --head .*127\.0\.0\.1", ln)]
+    words = shlex.split(line.split("#")[0])
+    env_words = [w for w in words if re.match(r"^[A-Z_]+=", w)]
+    argv = words[len(env_words):]
+    assert argv[:3] == ["ray", "start", "--head"]
+    import shutil
+    import tempfile
+
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths
+    head = subprocess.Popen(
+        [ray_bin, *argv[1:], f"--port={port}", f"--ray-client-server-port={free_port()}",
+         "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        env=clean_env(tmp_path, **dict(w.split("=", 1) for w in env_words),
+                      RAY_AUTH_MODE="disabled"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        listening = set()
+        while time.time() < deadline:
+            tree = [head.pid] + [p.pid for p in psutil.Process(head.pid).children(recursive=True)]
+            listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                         if c.status == psutil.CONN_LISTEN and c.pid in tree}
+            if port in {p for _, p in listening} and len(listening) >= 3:
+                break
+            time.sleep(2)
+        assert port in {p for _, p in listening}, listening
+        assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
