@@ -133,7 +133,7 @@ def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: in
     Ray must be connected first (connect_ray sets the JVM flags Ray's Java workers
     need). A process that already started a plain Spark JVM cannot start this one.
     """
-    import raydp
+    raydp = import_raydp()
 
     conf = {**spark_conf_for_java17(),
             "spark.ray.raydp_app_master.extraJavaOptions": JAVA17_OPTIONS_STR,
