@@ -18,8 +18,13 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
 
 def _env_ray_address(fallback=None):
-    """RAY_ADDRESS, as `ray job submit` sets it for the job's entrypoint, else `fallback`."""
-    return os.environ.get("RAY_ADDRESS") or fallback
+    """RAY_ADDRESS, as `ray job submit` sets it for the job's entrypoint, else `fallback`.
+
+    An http(s):// value is a dashboard address (what a shell exports for `ray job
+    submit` itself), not a cluster to join: it is left to Ray's job CLI.
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    return address if address and not address.startswith(("http://", "https://")) else fallback
 
 
 def _add_cluster_options(parser):

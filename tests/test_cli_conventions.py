@@ -244,3 +244,44 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_failed_spark_write_is_one_line_and_leaves_no_empty_output(tmp_path):
+    from hybrid_infer.output_path import remove_failed_output, write_failure
+
+    trace = ("An error occurred while calling o123.parquet.\n"
+             ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 "
+             "in stage 3.0 failed 1 times\n\tat org.apache.spark.scheduler.DAGScheduler"
+             ".failJobAndIndependentStages(DAGScheduler.scala:2856)\n" + "\tat x.y(Z.java:1)\n" * 400
+             + "Caused by: org.apache.spark.SparkException: Task failed while writing rows.\n"
+             + "\tat x.y(Z.java:1)\n" * 50
+             + "Caused by: java.io.IOException: No space left on device\n\tat x.y(Z.java:1)\n")
+    error = write_failure(RuntimeError(trace), "/data/out")
+    assert str(error) == "the Spark job writing '/data/out' failed: No space left on device"
+    created = tmp_path / "out"
+    (created / "_temporary" / "0").mkdir(parents=True)
+    remove_failed_output(str(created))
+    assert not created.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("not Spark's")
+    remove_failed_output(str(kept))
+    assert (kept / "notes.txt").exists()
+
+
+def test_ray_address_from_the_environment_is_the_default(monkeypatch):
+    from hybrid_infer.cli import build_parser
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    parser = build_parser()
+    assert parser.parse_args(["run", "--input", "a", "--output", "b"]).ray_address == \
+        "10.1.2.3:6379"
+    assert parser.parse_args(["pool", "status"]).ray_address == "10.1.2.3:6379"
+    assert parser.parse_args(["run", "--input", "a", "--output", "b", "--ray-address",
+                              "auto"]).ray_address == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # a dashboard, for `ray job`
+    parser = build_parser()
+    assert parser.parse_args(["run", "--input", "a", "--output", "b"]).ray_address is None
+    assert parser.parse_args(["pool", "status"]).ray_address == "auto"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert build_parser().parse_args(["demo"]).ray_address is None
