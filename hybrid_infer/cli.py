@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from hybrid_infer.errors import HybridInferError, OutputError
+from hybrid_infer.errors import HybridInferError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 

@@ -298,7 +298,7 @@ def test_every_path_in_the_spark_image_a_config_names_is_made_by_its_dockerfile(
     with open(os.path.join(ROOT, dockerfile)) as handle:
         text = handle.read()
     main_file = app["spec"]["mainApplicationFile"][len("local://"):]
-    assert f"ln -s" in text and main_file in text              # -> the installed cli.py
+    assert "ln -s" in text and main_file in text              # -> the installed cli.py
     python = app["spec"]["sparkConf"]["spark.pyspark.python"]
     venv = python[:-len("/bin/python")]
     assert f"-m venv {venv}" in text and f"{venv}/bin/pip install" in text
