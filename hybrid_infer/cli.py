@@ -1,4 +1,4 @@
-"""The `hybrid-infer` command: demo | run | pool start|status|stop|scale | bench.
+"""The `hybrid-infer` command: demo | run | stream | pool start|status|stop|scale | bench.
 
 Exit codes: 0 success; 1 runtime error (a cluster, model, pool or write failed);
 2 usage error (bad options, or an --output that would destroy data); 3 the job ran
@@ -138,6 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool_options(run)
     _add_cluster_options(run)
 
+    stream = commands.add_parser(
+        "stream", help="infer on image files as they arrive in a folder (Structured Streaming)",
+        description="Watch --input for new image files and append their predictions to the "
+                    "Parquet dataset --output, exactly once across restarts from --checkpoint. "
+                    "Runs until interrupted (Ctrl-C or SIGTERM stop it cleanly), or with "
+                    "--available-now until the files present at start are done.")
+    stream.add_argument("--input", required=True, help="folder that new image files arrive in")
+    stream.add_argument("--output", required=True, help="Parquet output folder (appended to)")
+    stream.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder: keep it to resume exactly where a stopped "
+                             "or crashed stream left off")
+    stream.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
+    stream.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
+    stream.add_argument("--trigger-seconds", type=float, default=None,
+                        help="start a micro-batch every N seconds (default: when files arrive)")
+    stream.add_argument("--max-files-per-trigger", type=int, default=None,
+                        help="at most N new files per micro-batch")
+    stream.add_argument("--available-now", action="store_true",
+                        help="process the files present now, then exit")
+    _add_model_options(stream)
+    _add_pool_options(stream)
+    _add_cluster_options(stream)
+
     pool = commands.add_parser("pool", help="manage warm pools on a running Ray cluster",
                                description="Start, inspect, scale and stop named warm pools.")
     pool_commands = pool.add_subparsers(dest="pool_command", required=True)
@@ -264,6 +287,45 @@ def pool_table(statuses: list[dict]) -> str:
                      for row in rows)
 
 
+def cmd_stream(args) -> int:
+    import signal
+
+    from hybrid_infer.runtime import start_runtime
+    from hybrid_infer.stream import describe_progress, start_stream
+
+    from hybrid_infer.output_path import check_not_input, is_local
+
+    spec = _before_start(_model_spec, args)
+    for path in (args.output, args.checkpoint):  # appended to, so only never over the input
+        if is_local(args.input) and is_local(path):
+            _before_start(check_not_input, args.input, path)
+    with start_runtime(args.spark_master, args.ray_address) as runtime:
+        query = start_stream(runtime.spark, input_path=args.input, output_path=args.output,
+                             checkpoint=args.checkpoint, trigger_seconds=args.trigger_seconds,
+                             available_now=args.available_now,
+                             max_files_per_trigger=args.max_files_per_trigger,
+                             model=spec, mode=args.mode, pool=_pool_settings(args),
+                             ray_address=runtime.ray_address, top_k=args.top_k)
+        print(f"streaming {args.input} -> {args.output} (checkpoint {args.checkpoint}); "
+              "Ctrl-C stops", flush=True)
+        stop_requested = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop_requested.append(True))
+        printed = -1
+        while query.isActive and not stop_requested:
+            query.awaitTermination(2)
+            for progress in query.recentProgress:
+                if progress.get("batchId", -1) > printed and progress.get("numInputRows"):
+                    print(describe_progress(progress), flush=True)
+                    printed = progress["batchId"]
+        if query.isActive:
+            query.stop()
+        if query.exception() is not None:
+            raise HybridInferError(f"the stream failed: {query.exception().desc}")
+    print(f"stream stopped; output {args.output}")
+    return 0
+
+
 def cmd_pool(args) -> int:
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.runtime import connect_ray
@@ -310,7 +372,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    handler = {"demo": cmd_demo, "run": cmd_run, "pool": cmd_pool, "bench": cmd_bench}
+    handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
+               "bench": cmd_bench}
     try:
         return handler[args.command](args)
     except HybridInferError as exc:
