@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import tomllib
-from importlib.metadata import version
 
 import pytest
 from packaging.requirements import Requirement
@@ -65,9 +64,17 @@ def test_constraints_pin_a_tested_point_inside_every_range():
 
 
 def test_this_environment_is_the_constrained_one():
-    """What the tests run on is what constraints.txt says (install.sh checks it too)."""
-    wrong = {name: (version(name), pinned) for name, pinned in constraints().items()
-             if version(name) != pinned}
+    """What the tests run on is what constraints.txt says (install.sh checks it too).
+    Read from the environment's site-packages, as pip does: Ray puts its own vendored
+    copies (ray/thirdparty_files) on sys.path once imported."""
+    import sysconfig
+    from importlib.metadata import distributions
+
+    site = sysconfig.get_paths()["purelib"]
+    installed = {canonicalize_name(d.metadata["Name"]): d.version
+                 for d in distributions(path=[site])}
+    wrong = {name: (installed.get(name), pinned) for name, pinned in constraints().items()
+             if installed.get(name) != pinned}
     assert not wrong, wrong
 
 
