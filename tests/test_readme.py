@@ -5,7 +5,7 @@ cannot drift from the code. Each runs in a fresh subprocess with a clean environ
 (the venv's bin first on PATH, HOME, JAVA_HOME if set, a private TMPDIR; nothing
 RAY_*, no PYTHONPATH) in a scratch folder holding what the examples name: images/
 (JPEGs from hybrid_infer.demo_data), resnet50.pt, labels.txt, mypkg/nets.py,
-net.safetensors, model.pt, model.pt2, and links to the checkout's .venv and scripts.
+net.safetensors, model.pt, model.pt2, and links to the checkout's .venv and scripts/.
 After a block, every process left in its session (a `ray start` head, a Spark JVM)
 is killed; nothing else is touched.
 
@@ -64,11 +64,15 @@ SETUPS = {
         _os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
         _os.environ["MLFLOW_TRACKING_URI"] = "file:" + _os.path.abspath("mlruns")
         import numpy as _np, torch as _torch, mlflow as _mlflow, mlflow.pytorch
+        from mlflow.models import ModelSignature as _Signature
+        from mlflow.types import Schema as _Schema, TensorSpec as _Tensor
         _net = _torch.nn.Linear(4, 2)
+        _signature = _Signature(inputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 4))]),
+                                outputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 2))]))
         for _ in range(3):
             with _mlflow.start_run():
                 _mlflow.pytorch.log_model(_net, name="model", registered_model_name="my-model",
-                                          serialization_format="pt2",
+                                          serialization_format="pt2", signature=_signature,
                                           input_example=_np.zeros((2, 4), _np.float32))
         """), ""),
 }
@@ -216,8 +220,9 @@ def workdir(assets, tmp_path):
             shutil.copytree(source, tmp_path / entry)  # a real folder, as a user's is
         else:
             os.symlink(source, tmp_path / entry)
-    for entry in ("scripts", "hybrid_infer", "benchmarks", "cluster_configs"):
-        os.symlink(os.path.join(REPO, entry), tmp_path / entry)
+    # what README's commands name in a checkout; not the package itself, so that the
+    # examples import the installed hybrid_infer, as a user's script would
+    os.symlink(os.path.join(REPO, "scripts"), tmp_path / "scripts")
     os.symlink(VENV, tmp_path / ".venv")
     return tmp_path
 
