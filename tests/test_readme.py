@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 VENV_BIN = os.path.dirname(sys.executable)
-BLOCK_TIMEOUT_S = 480
+BLOCK_TIMEOUT_S = 600
 KEYS = {"skip", "reason", "setup", "given", "group"}
 
 #: name -> (code before the block, code after it)
