@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print JSON instead of a table")
 
     bench = commands.add_parser("bench", help="benchmark the modes side by side",
-                                description="Run benchmarks/run.py (see its --help).",
+                                description="Run the benchmark, hybrid_infer.bench "
+                                            "(see its --help).",
                                 add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
@@ -356,15 +357,9 @@ def cmd_pool(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import runpy
+    from hybrid_infer.bench.harness import main as bench_main
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks", "run.py")
-    if not os.path.exists(script):
-        raise HybridInferError(f"{script} not found: run bench from a source checkout")
-    sys.argv = [script] + list(args.bench_args)
-    runpy.run_path(script, run_name="__main__")
-    return 0
+    return bench_main(args.bench_args)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ import argparse
 import json
 import urllib.request
 
+from actor_probes import first_param_location, probe, weight_storage
 from conftest import TEST_BATCH, TEST_MODEL
 
 
@@ -22,21 +23,6 @@ def pool_settings(num_actors: int | None):
     from hybrid_infer.pool.settings import PoolSettings
 
     return PoolSettings(num_actors=num_actors, batch_size=TEST_BATCH, torch_threads=1)
-
-
-def first_param_location(actor) -> dict:
-    """Runs inside the actor: the file its first parameter's memory is mapped from, and
-    the offset in that file. Two actors at the same file and offset read the very same
-    bytes: one copy, whatever their virtual addresses."""
-    address = next(actor.runner.module.parameters()).data_ptr()
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            parts = line.split()
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            if start <= address < end:
-                return {"file": parts[5] if len(parts) > 5 else "<anonymous>",
-                        "offset": int(parts[2], 16) + address - start}
-    return {"file": "<unmapped>", "offset": address}
 
 
 def describe_actors(pool) -> list[dict]:
@@ -48,8 +34,8 @@ def describe_actors(pool) -> list[dict]:
                       for node in ray.nodes() if node["Alive"]}
     actors = pool.actors()
     statuses = ray.get([actor.status.remote() for actor in actors])
-    storages = ray.get([actor.weight_storage.remote() for actor in actors])
-    locations = ray.get([actor.__ray_call__.remote(first_param_location) for actor in actors])
+    storages = probe(actors, weight_storage)
+    locations = probe(actors, first_param_location)
     return [{**status, "node": node_resources[status["node_id"]], "storage": storage,
              "weights_at": location}
             for status, storage, location in zip(statuses, storages, locations)]

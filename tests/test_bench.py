@@ -1,18 +1,23 @@
-"""The benchmark's checks and arithmetic (no timing asserted), and its CLI entry."""
+"""The benchmark's checks and arithmetic (no timing asserted), its deadline on each
+contender, and its entry points (the CLI, benchmarks/run.py, an installed wheel)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
+import time
+import zipfile
 
 import numpy as np
+import psutil
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from hybrid_infer.bench import harness, report
+from hybrid_infer.bench.config import CONTENDERS, Contender, parse_args
 
-import report  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _logits(n=4, seed=0):
@@ -64,7 +69,7 @@ def test_ratios_use_the_fastest_ceiling_layout_of_the_same_optimisation():
 def test_stream_ceiling_returns_every_output_in_input_order():
     import torch
 
-    import contenders
+    from hybrid_infer.bench.contenders import ceiling
 
     calls = []
 
@@ -73,7 +78,7 @@ def test_stream_ceiling_returns_every_output_in_input_order():
         return torch.stack(tensors).numpy() * 2
 
     tensors = [torch.full((3,), float(i)) for i in range(37)]
-    seconds, outputs = contenders.timed_streams(runner, tensors, batch=8, streams=2,
+    seconds, outputs = ceiling.timed_streams(runner, tensors, batch=8, streams=2,
                                                 stream_threads=1)
     np.testing.assert_array_equal(outputs[:, 0], np.arange(37) * 2)
     assert seconds > 0 and max(calls) == 4  # each stream takes half of the batch
@@ -90,3 +95,101 @@ def test_bench_through_the_cli_refuses_cuda_without_a_gpu():
                           env={**os.environ, "PYTHONPATH": REPO})
     assert done.returncode != 0
     assert "no CUDA GPU" in done.stderr
+
+
+HANGING_CONTENDER = textwrap.dedent("""
+    import os, subprocess, sys, time
+
+    def run(config):
+        # a child of its own (as Spark's JVM or Ray's raylet would be), then silence
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(os.path.join(config.work_dir, "child.pid"), "w") as handle:
+            handle.write(str(child.pid))
+        time.sleep(600)
+""")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_contender_that_hangs_silently_is_killed_at_its_timeout(tmp_path, monkeypatch):
+    package = tmp_path / "benchfixtures"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "hang.py").write_text(HANGING_CONTENDER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(CONTENDERS, "hang", Contender("benchfixtures.hang"))
+    args = parse_args(["--contenders", "hang", "--timeout", "5", "--images", "4",
+                       "--workdir", str(tmp_path / "work")])
+    started = time.time()
+    result = harness.run_contender("hang", args, str(tmp_path), str(tmp_path / "run"))
+    elapsed = time.time() - started
+    assert result["failed"] and result["timed_out"], result
+    assert "timed out after 5 s" in result["reason"]
+    assert "timed out after 5 s" in open(result["log"]).read()
+    assert 5 <= elapsed < 40, elapsed
+    child = int((tmp_path / "run" / "hang" / "child.pid").read_text())
+    assert _gone(child), "the contender's own child outlived the deadline"
+
+
+def _build_wheel(tmp_path) -> str:
+    """The wheel pip builds from a copy of the sources (an in-tree build leaves build/)."""
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(os.path.join(REPO, "hybrid_infer"), source / "hybrid_infer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in os.listdir(REPO):
+        if name in ("pyproject.toml", "README.md") or name.startswith("LICENSE"):
+            shutil.copy(os.path.join(REPO, name), source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    return str(wheel)
+
+
+def test_bench_runs_from_an_installed_wheel_outside_the_checkout(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names
+                            if n.endswith("entry_points.txt"))
+    assert "hybrid-infer = hybrid_infer.cli:main" in entry_points
+    for needed in ("harness.py", "worker.py", "config.py", "process.py",
+                   "contenders/ceiling.py", "contenders/hybrid.py"):
+        assert f"hybrid_infer/bench/{needed}" in names, needed
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    # The wheel's package, not this checkout's: PYTHONPATH precedes the venv's
+    # editable install, and the cwd is outside the repository.
+    cli = ("import sys, hybrid_infer; print('package at', hybrid_infer.__file__); "
+           "from hybrid_infer.cli import main; sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", cli, "bench", "--help"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"package at {site}" in done.stdout and "--timeout" in done.stdout
+    # one real contender end to end: the harness starts it from the wheel too
+    done = subprocess.run(
+        [sys.executable, "-c", cli, "bench", "--contenders", "ceiling", "--images", "4",
+         "--small-rows", "4", "--sweep-sizes", "", "--sweep-partitions", "",
+         "--optimize", "none", "--threads", "1", "--workdir", str(tmp_path / "bench"),
+         "--timeout", "300"], cwd=work, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = sorted(os.listdir(work / "bench_results"))
+    assert [n.rsplit(".", 1)[1] for n in written] == ["json", "md", "png"], written
+
+
+def test_benchmarks_run_py_stays_an_entry_point():
+    done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert "--contenders" in done.stdout and "benchmarks/results" in done.stdout

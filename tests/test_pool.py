@@ -54,9 +54,9 @@ def test_rebatching_fills_model_batches(images_df, ray_address, warm_pool, pool_
 
 
 def test_weights_live_once_in_the_object_store(warm_pool):
-    import ray
+    from actor_probes import probe, weight_storage
 
-    storages = ray.get([actor.weight_storage.remote() for actor in warm_pool.actors()])
+    storages = probe(warm_pool.actors(), weight_storage)
     assert len(storages) == 2 and storages[0]["pid"] != storages[1]["pid"]
     for storage in storages:
         # every parameter byte sits in the shared-memory object store mapping, none in

@@ -112,38 +112,3 @@ class InferenceActor:
             "model_seconds": round(stats.model_seconds, 3),
             "last_used": stats.last_used,
         }
-
-    def weight_storage(self) -> dict:
-        """Where the module's CPU weights live: the mapped files holding their memory.
-
-        Used to prove sharing: object-store-backed weights sit in the plasma store's
-        shared mapping, not in this process's private heap.
-        """
-        regions = _memory_regions()
-        backing: dict[str, int] = {}
-        params = list(self.runner.module.parameters())
-        for tensor in params:
-            if tensor.device.type != "cpu":
-                backing["<device>"] = backing.get("<device>", 0) + tensor.nbytes
-                continue
-            backing_file = _region_of(regions, tensor.data_ptr())
-            backing[backing_file] = backing.get(backing_file, 0) + tensor.nbytes
-        return {"pid": os.getpid(), "backing": backing,
-                "param_bytes": sum(t.nbytes for t in params)}
-
-
-def _memory_regions() -> list[tuple[int, int, str]]:
-    regions = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            parts = line.split()
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            regions.append((start, end, parts[5] if len(parts) > 5 else "<anonymous>"))
-    return regions
-
-
-def _region_of(regions, address: int) -> str:
-    for start, end, name in regions:
-        if start <= address < end:
-            return name
-    return "<unmapped>"
