@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hybrid_infer.errors import engine_errors
 from hybrid_infer.output import ERROR
 
 
@@ -47,45 +48,16 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     started = time.time()
     result = infer(df, input_col=input_col, **infer_options)
     total = df.count() if progress else 0
-    try:
+    with engine_errors():
         if progress:
             with SparkProgress(spark, total):
                 result.write.mode("overwrite").parquet(output_path)
         else:
             result.write.mode("overwrite").parquet(output_path)
-    except Exception as exc:
-        engine_error = error_from_spark(exc)
-        if engine_error is None:
-            raise
-        raise engine_error from exc
     seconds = time.time() - started
     return summarise(spark, output_path, seconds=seconds,
                      mode=infer_options.get("mode", "hybrid"),
                      model=model_name or str(infer_options.get("model", "resnet18")))
-
-
-def error_from_spark(exc: BaseException):
-    """The engine error a Spark job failed with (fail-fast, pool gone, timeout), or None.
-
-    Spark wraps a task's exception in a long JVM trace; the user needs its first line.
-    """
-    import re
-
-    from hybrid_infer import errors
-    from hybrid_infer.api import FAIL_FAST_MESSAGE
-
-    text = str(exc)
-    found = re.search(re.escape(FAIL_FAST_MESSAGE) + r"[^\n]*", text)
-    if found:
-        return errors.InputError(found.group(0).rstrip("'\". ") + ". Fix or drop the row, "
-                                 "or run without fail_fast to get it as an error value")
-    found = re.search(r"hybrid_infer\.errors\.(\w+): ([^\n]*)", text)
-    if found and isinstance(getattr(errors, found.group(1), None), type):
-        return getattr(errors, found.group(1))(found.group(2))
-    found = re.search(r"TimeoutError: ([^\n]*batch_timeout_s[^\n]*)", text)
-    if found:
-        return errors.PoolError(found.group(1))
-    return None
 
 
 def summarise(spark, output_path: str, **fields) -> JobSummary:
