@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-infer",
         description="Deep-learning batch inference over Spark DataFrames on a warm Ray actor pool.")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"],
+                        help="the engine's log records on stderr: pool starts, heals, "
+                             "warnings (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",
@@ -206,6 +210,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
+    from hybrid_infer.logs import log_to_stderr
+
+    log_to_stderr(args.log_level)
     handler = {"demo": cmd_demo, "run": cmd_run, "pool": cmd_pool, "bench": cmd_bench}
     try:
         return handler[args.command](args)
