@@ -63,15 +63,19 @@ def test_a_subclass_defined_later_is_found_by_its_own_name():
     assert issubclass(PoolTimeoutError, TimeoutError)
 
 
-def test_a_task_raising_an_engine_error_reaches_the_driver_typed(spark):
-    def fail(batches):
-        from hybrid_infer.errors import PoolError
+def failing_job(spark, error: Exception):
+    """A one-task Spark job whose task raises `error`."""
 
+    def fail(batches):
         for _ in batches:
-            raise PoolError("pool 'p' was stopped: start it again")
+            raise error
         yield from ()
 
-    df = spark.range(4, numPartitions=1).mapInArrow(fail, "id long")
+    return spark.range(4, numPartitions=1).mapInArrow(fail, "id long")
+
+
+def test_a_task_raising_an_engine_error_reaches_the_driver_typed(spark):
+    df = failing_job(spark, PoolError("pool 'p' was stopped: start it again"))
     with pytest.raises(PoolError, match=r"^pool 'p' was stopped: start it again$") as caught:
         with engine_errors():
             df.collect()
@@ -79,27 +83,16 @@ def test_a_task_raising_an_engine_error_reaches_the_driver_typed(spark):
 
 
 def test_a_builtin_timeout_in_a_task_is_the_pool_timeout(spark):
-    def slow(batches):
-        for _ in batches:
-            raise TimeoutError("a batch of 4 rows got no answer within 0.1 s (batch_timeout_s)")
-        yield from ()
-
-    df = spark.range(4, numPartitions=1).mapInArrow(slow, "id long")
+    df = failing_job(spark, TimeoutError("a batch got no answer in 0.1 s (batch_timeout_s)"))
     with pytest.raises(PoolTimeoutError, match="batch_timeout_s"):
         with engine_errors():
             df.collect()
 
 
 def test_other_errors_pass_through_unchanged(spark):
-    def broken(batches):
-        for _ in batches:
-            raise ValueError("a user bug")
-        yield from ()
-
-    df = spark.range(4, numPartitions=1).mapInArrow(broken, "id long")
     with pytest.raises(Exception, match="a user bug") as caught:
         with engine_errors():
-            df.collect()
+            failing_job(spark, ValueError("a user bug")).collect()
     assert not isinstance(caught.value, HybridInferError)
 
 
