@@ -8,6 +8,7 @@ import os
 import sys
 
 from hybrid_infer.errors import HybridInferError
+from hybrid_infer.pool.settings import PlacementSettings
 
 
 def _add_cluster_options(parser, *, ray_default=None):
@@ -31,6 +32,9 @@ def _add_model_options(parser):
                        help="load pickled checkpoints (trusted files only: runs their code)")
 
 
+_PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
+
+
 def _add_pool_options(parser):
     group = parser.add_argument_group("pool")
     group.add_argument("--batch-size", type=int, default=32,
@@ -47,8 +51,13 @@ def _add_pool_options(parser):
     group.add_argument("--channels-last", action="store_true")
     group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
                        help="one-time model optimisation paid at pool start (default: none)")
-    group.add_argument("--idle-timeout", type=float, default=3600.0,
-                       help="seconds without work before the pool stops itself (0: never)")
+    group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
+                       help="seconds without work before the pool stops itself (0: never; "
+                            "default: %(default)s)")
+    group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
+                       help="seconds building the weights may take at pool start")
+    group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
+                       help="seconds new actors may take to be placed and load the model")
 
 
 def _pool_settings(args):
@@ -58,7 +67,8 @@ def _pool_settings(args):
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
-                        idle_timeout_s=args.idle_timeout)
+                        idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
+                        place_timeout_s=args.place_timeout)
 
 
 def _model_spec(args):
