@@ -1,75 +1,128 @@
-"""`infer()`: DataFrame in, DataFrame out, in any mode."""
+"""`infer()`: DataFrame in, DataFrame out, in any mode.
+
+Its settings come in three groups, one type each:
+- where the model comes from: `model` (a spec, or a string resolved with ModelSource);
+- what this job asks of each row: JobOptions (columns, top-k, preprocessing...);
+- the pool: PoolSettings (what actors compute, how the pool is placed, how this job's
+  tasks talk to it).
+Any field of the three may also be passed as a keyword: `infer(df, m, top_k=5,
+batch_size=16)` is `infer(df, m, job=JobOptions(top_k=5), pool=PoolSettings(batch_size=16))`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
 
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.models import model_spec
 from hybrid_infer.actor.inference import RequestOptions
-from hybrid_infer.pool.settings import PoolSettings
+from hybrid_infer.pool.settings import PARTS, PoolSettings, route_fields
 
 MODES = ("hybrid", "raydp", "udf")
 
 
-def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
-          mode: str = "hybrid", input_col: str | None = None,
-          id_cols: list[str] | None = None, top_k: int = 0,
-          preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
-          batch_size: int | None = None, ray_address: str | None = None,
-          rows_per_batch: int = 64, loader_workers: int = 0,
-          allow_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
-          class_names=None, fail_fast: bool = False):
-    """Run an image model over `df` and return DataFrame(id_cols..., prediction, error).
+@dataclass(frozen=True)
+class ModelSource:
+    """How a model named by a string is loaded (a spec object carries its own).
+
+    weights: "random" (seeded) or a local state_dict file, for names and factories.
+    allow_pickle: load pickled model files (trusted files only: they can run code).
+    """
+
+    weights: str = "random"
+    seed: int = 0
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What one job asks for each row; nothing here changes the pool.
+
+    input_col: the binary column (default: "content", or the only binary column).
+    id_cols: columns carried through to identify rows (default: every other column).
+    top_k: also return the top-k classes (indices, scores, and labels with class names).
+    preprocess: decoding and transform (default: torchvision's ImageNet transform).
+    input_shape: for non-image inputs: input_col holds numeric arrays (e.g.
+    array<float>), each reshaped to this shape and passed to the model without decoding.
+    class_names: one name per class (a list, or a text file with one per line) so that
+    top_k results carry labels; default: the model spec's class_names, if any.
+    fail_fast: the first failed row stops the job with its id and reason (default:
+    every input row comes back exactly once, `error` holding the reason it failed).
+    loader_workers: DataLoader workers per UDF call (mode="udf" only).
+    """
+
+    input_col: str | None = None
+    id_cols: list[str] | None = None
+    top_k: int = 0
+    preprocess: Preprocess | None = None
+    input_shape: tuple[int, ...] | None = None
+    class_names: object = None
+    fail_fast: bool = False
+    loader_workers: int = 0
+
+    def __post_init__(self):
+        if self.top_k < 0:
+            raise ConfigurationError(f"top_k must be >= 0, got {self.top_k}")
+        if self.input_shape is not None:
+            if not self.input_col:
+                raise InputError("input_shape is for numeric array columns: pass input_col= too")
+            object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))
+
+
+#: The keyword shorthands of infer(), by the group that owns them (the pool's three parts).
+_GROUPS = {"model": ModelSource, "job": JobOptions, **PARTS}
+
+
+def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None = None,
+          pool: PoolSettings | None = None, ray_address: str | None = None, **settings):
+    """Run a model over `df` and return DataFrame(id_cols..., prediction, error[, top_k]).
 
     model: a model spec (hybrid_infer.models), a torchvision name, "pkg.module:factory",
     a TorchScript (.pt) or torch.export (.pt2) file, or an MLflow URI (models:/name/1).
-    weights: "random" (seeded) or a local state_dict file, for names and factories.
-    input_col: the binary column (default: "content", or the only binary column).
-    id_cols: columns carried through to identify rows (default: every other column).
     mode: "hybrid" (the warm Ray actor pool; Ray is joined at `ray_address`, or
     started locally when none is running), "raydp" (Spark on Ray: df must come from
     runtime.start_raydp_spark; Ray Data feeds the same warm pool) or "udf" (the
-    pandas-UDF baseline).
-    batch_size overrides pool.batch_size, the model's batch size.
-    class_names: one name per class (a list, or a text file with one per line) so that
-    top_k results carry labels; default: the model spec's class_names, if any.
-    input_shape: for non-image inputs: input_col holds numeric arrays (e.g. array<float>),
-    each reshaped to this shape and passed to the model without decoding.
-    Every input row comes back exactly once; `error` holds the reason when it failed.
-    fail_fast: instead, the first failed row stops the job with its id and reason.
+    pandas-UDF baseline: honours batch_size, device, precision, torch_threads and
+    embedding_layer; refuses optimize; the pool's throughput settings do not apply).
+    job: JobOptions; pool: PoolSettings.
+    settings: any field of ModelSource (weights, seed, allow_pickle), JobOptions or
+    PoolSettings by name; it overrides the same field of `job` or `pool`.
     """
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    spec = model_spec(model, weights=weights, seed=seed, allow_pickle=allow_pickle)
-    settings = pool or PoolSettings()
-    if batch_size is not None:
-        settings = PoolSettings(**{**settings.__dict__, "batch_size": batch_size})
-    if input_shape is not None:
-        if not input_col:
-            raise InputError("input_shape is for numeric array columns: pass input_col= too")
-        input_shape = tuple(int(n) for n in input_shape)
-    input_col = input_col or _default_input_col(df)
-    id_cols = _resolve_id_cols(df, input_col, id_cols, binary=input_shape is None)
-    options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k,
-                             input_shape=input_shape,
-                             class_names=_class_names(class_names, spec))
+    given = route_fields(settings, _GROUPS, "infer()")
+    spec = model_spec(model, **asdict(ModelSource(**given["model"])))
+    job = replace(job or JobOptions(), **given["job"])
+    pool = (pool or PoolSettings()).replace(**{k: v for part in PARTS
+                                               for k, v in given[part].items()})
+    if mode == "udf":
+        from hybrid_infer.modes.udf import check_udf_settings
+
+        check_udf_settings(pool.actor)  # before any work: a setting it cannot honour
+    input_col = job.input_col or _default_input_col(df)
+    id_cols = _resolve_id_cols(df, input_col, job.id_cols, binary=job.input_shape is None)
+    options = RequestOptions(preprocess=job.preprocess or Preprocess(), top_k=job.top_k,
+                             input_shape=job.input_shape,
+                             class_names=_class_names(job.class_names, spec),
+                             batch_timeout_s=pool.client.batch_timeout_s)
 
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf
 
         result = run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols,
-                         options=options, batch_size=settings.batch_size,
-                         loader_workers=loader_workers,
-                         embedding_layer=settings.embedding_layer)
+                         options=options, actor=pool.actor,
+                         loader_workers=job.loader_workers)
     else:
         from hybrid_infer.pool.registry import Pool
         from hybrid_infer.runtime import connect_ray
 
         gcs_address, _ = connect_ray(ray_address)
-        warm_pool = Pool.get_or_create(spec, settings)
+        warm_pool = Pool.get_or_create(spec, pool)
+        client = pool.client  # this job's, whoever started the pool
         stream = dict(pool=warm_pool, input_col=input_col, id_cols=id_cols, options=options,
-                      rows_per_batch=rows_per_batch, max_in_flight=settings.max_in_flight,
-                      timeout_s=settings.batch_timeout_s)
+                      rows_per_batch=client.rows_per_batch,
+                      max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s)
         if mode == "raydp":
             from hybrid_infer.modes.raydp import run_raydp
 
@@ -78,22 +131,28 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
             from hybrid_infer.modes.hybrid import run_hybrid
 
             result = run_hybrid(df, ray_address=gcs_address, **stream)
-    return _stop_on_first_error(result, id_cols) if fail_fast else result
+    return _stop_on_first_error(result, id_cols) if job.fail_fast else result
 
 
-#: Prefix of the message a fail-fast job stops with (job.py finds it in Spark's error).
+#: What a fail-fast job's error says first (after the error's type name).
 FAIL_FAST_MESSAGE = "bad record (fail_fast)"
 
 
 def _stop_on_first_error(result, id_cols: list[str]):
-    """Make a row with an `error` raise in its Spark task, naming the row and the reason."""
+    """Make a row with an `error` raise in its Spark task, naming the row and the reason.
+
+    The message starts with InputError's type name, which errors.from_spark looks up.
+    """
     from pyspark.sql import functions as F
 
     from hybrid_infer.output import ERROR
 
     row_id = F.concat_ws(", ", *[F.concat(F.lit(f"{name}="), F.col(name).cast("string"))
                                  for name in id_cols]) if id_cols else F.lit("?")
-    message = F.concat(F.lit(f"{FAIL_FAST_MESSAGE}: row "), row_id, F.lit(": "), F.col(ERROR))
+    message = F.concat(F.lit(f"{InputError.type_name()}: {FAIL_FAST_MESSAGE}: row "), row_id,
+                       F.lit(": "), F.col(ERROR),
+                       F.lit(". Fix or drop the row, or run without fail_fast to get it as "
+                             "an error value"))
     return result.withColumn(
         ERROR, F.when(F.col(ERROR).isNotNull(), F.raise_error(message)).otherwise(F.col(ERROR)))
 

@@ -45,8 +45,9 @@ def predict_batch_udf(
     input_names: name each input column; predict then receives ONE dict
     {name: ndarray} instead of positional arrays (shapes from input_tensor_shapes
     still apply, in column order).
-    pool: PoolSettings for the actors (num_actors, CPUs/GPUs per actor...);
-    batch_size always comes from the argument above.
+    pool: PoolSettings for the actors (num_actors, CPUs/GPUs per actor...) and this
+    UDF's tasks (max_in_flight, batch_timeout_s); batch_size always comes from the
+    argument above.
     ray_address: the Ray cluster to use (default: the connected one, else a local one).
     """
     from pyspark import cloudpickle
@@ -63,10 +64,10 @@ def predict_batch_udf(
         f"return_type={type_text} batch_size={batch_size} "
         f"input_tensor_shapes={input_tensor_shapes!r} input_names={input_names!r}",
     )
-    settings = PoolSettings(**{**(pool or PoolSettings()).__dict__, "batch_size": batch_size})
+    settings = (pool or PoolSettings()).replace(batch_size=batch_size)
     gcs_address, _ = connect_ray(ray_address)
     Pool.get_or_create(spec, settings)  # warm the pool now, not in the first task
-    max_in_flight, timeout_s = settings.max_in_flight, settings.batch_timeout_s
+    max_in_flight, timeout_s = settings.client.max_in_flight, settings.client.batch_timeout_s
 
     def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
         from hybrid_infer.pool.dispatch import Dispatcher

@@ -13,6 +13,7 @@ import os
 import sys
 
 from hybrid_infer.errors import HybridInferError
+from hybrid_infer.pool.settings import PlacementSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
@@ -58,6 +59,9 @@ def _add_model_options(parser):
                        help="load pickled checkpoints (trusted files only: runs their code)")
 
 
+_PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
+
+
 def _add_pool_options(parser):
     group = parser.add_argument_group("pool")
     group.add_argument("--batch-size", type=int, default=32,
@@ -74,8 +78,13 @@ def _add_pool_options(parser):
     group.add_argument("--channels-last", action="store_true")
     group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
                        help="one-time model optimisation paid at pool start (default: none)")
-    group.add_argument("--idle-timeout", type=float, default=3600.0,
-                       help="seconds without work before the pool stops itself (0: never)")
+    group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
+                       help="seconds without work before the pool stops itself (0: never; "
+                            "default: %(default)s)")
+    group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
+                       help="seconds building the weights may take at pool start")
+    group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
+                       help="seconds new actors may take to be placed and load the model")
 
 
 def _pool_settings(args):
@@ -85,7 +94,8 @@ def _pool_settings(args):
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
-                        idle_timeout_s=args.idle_timeout)
+                        idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
+                        place_timeout_s=args.place_timeout)
 
 
 def _model_spec(args):
@@ -104,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 success, 1 runtime error, 2 usage error, 3 some rows failed "
                "(the output was written; see its `error` column)")
     parser.add_argument("--version", action="version", version=f"hybrid-infer {__version__}")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"],
+                        help="the engine's log records on stderr: pool starts, heals, "
+                             "warnings (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",
@@ -367,6 +381,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    from hybrid_infer.logs import log_to_stderr
+
+    log_to_stderr(args.log_level)
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:

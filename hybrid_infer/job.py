@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hybrid_infer.errors import HybridInferError, engine_errors
 from hybrid_infer.output import ERROR
 
 
@@ -65,20 +66,23 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     result = infer(df, input_col=input_col, **infer_options)
     total = df.count() if progress else 0
     try:
-        if progress:
-            with SparkProgress(spark, total):
+        with engine_errors():
+            if progress:
+                with SparkProgress(spark, total):
+                    result.write.mode("overwrite").parquet(output_path)
+            else:
                 result.write.mode("overwrite").parquet(output_path)
-        else:
-            result.write.mode("overwrite").parquet(output_path)
-    except Exception as exc:
-        engine_error = error_from_spark(exc)
-        if engine_error is None:
-            engine_error = _write_failure(exc, output_path)
+    except HybridInferError:
         if not existed:
             remove_failed_output(output_path)
-        if engine_error is None:
+        raise
+    except Exception as exc:
+        failure = _write_failure(exc, output_path)
+        if not existed:
+            remove_failed_output(output_path)
+        if failure is None:
             raise
-        raise engine_error from exc
+        raise failure from exc
     seconds = time.time() - started
     write_marker(output_path, input_path=input_path, spark=spark)
     return summarise(spark, output_path, seconds=seconds,
@@ -94,30 +98,6 @@ def _write_failure(exc: BaseException, output_path: str):
     text = str(exc)
     if type(exc).__name__ == "Py4JJavaError" or "java." in text or "org.apache" in text:
         return write_failure(exc, output_path)
-    return None
-
-
-def error_from_spark(exc: BaseException):
-    """The engine error a Spark job failed with (fail-fast, pool gone, timeout), or None.
-
-    Spark wraps a task's exception in a long JVM trace; the user needs its first line.
-    """
-    import re
-
-    from hybrid_infer import errors
-    from hybrid_infer.api import FAIL_FAST_MESSAGE
-
-    text = str(exc)
-    found = re.search(re.escape(FAIL_FAST_MESSAGE) + r"[^\n]*", text)
-    if found:
-        return errors.InputError(found.group(0).rstrip("'\". ") + ". Fix or drop the row, "
-                                 "or run without fail_fast to get it as an error value")
-    found = re.search(r"hybrid_infer\.errors\.(\w+): ([^\n]*)", text)
-    if found and isinstance(getattr(errors, found.group(1), None), type):
-        return getattr(errors, found.group(1))(found.group(2))
-    found = re.search(r"TimeoutError: ([^\n]*batch_timeout_s[^\n]*)", text)
-    if found:
-        return errors.PoolError(found.group(1))
     return None
 
 

@@ -122,6 +122,7 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
             "reachable (spark://host:7077)."
         ) from exc
     session.sparkContext.setLogLevel("ERROR")
+    log.info("started Spark on %s", session.sparkContext.master)
     return session, True
 
 
@@ -215,7 +216,9 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
                 "--ray-address (host:port of the GCS, 'auto', or ray://host:10001)."
             ) from exc
         started = False
-    return ray.get_runtime_context().gcs_address, started
+    gcs_address = ray.get_runtime_context().gcs_address
+    log.info("%s Ray at %s", "started a local" if started else "joined", gcs_address)
+    return gcs_address, started
 
 
 def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:

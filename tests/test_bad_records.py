@@ -15,7 +15,8 @@ import pytest
 
 from hybrid_infer import infer
 from hybrid_infer.decode import DecodeError, ImageDecoder, Preprocess, open_rgb
-from hybrid_infer.job import _reason_kind, error_from_spark
+from hybrid_infer.errors import from_spark
+from hybrid_infer.job import _reason_kind
 from hybrid_infer.models import ModelSpec
 
 from conftest import RAY_ENV
@@ -146,7 +147,7 @@ def test_fail_fast_raises_on_the_first_bad_row(spark, ray_address, small_pool):
                    preprocess=small_preprocess(), ray_address=ray_address, fail_fast=True)
     with pytest.raises(Exception) as caught:
         result.collect()
-    error = error_from_spark(caught.value)
+    error = from_spark(caught.value)
     assert error is not None, str(caught.value)[:2000]
     assert "row id=broken: truncated or corrupt image data (JPEG)" in str(error), str(error)
 

@@ -161,9 +161,11 @@ def test_idle_pool_stops_itself(ray_address):
 
 
 def test_a_pool_the_cluster_cannot_place_fails_clearly(ray_address):
-    settings = PoolSettings(num_actors=1, num_cpus_per_actor=64, start_timeout_s=5)
+    # Placing has its own bound: a slow weights build (a busy machine) is not this error.
+    settings = PoolSettings(num_actors=1, num_cpus_per_actor=64, place_timeout_s=5)
     spec = ModelSpec("mobilenet_v3_small", seed=9)
-    with pytest.raises(PoolError, match="did not start within 5 s.*fewer actors"):
+    with pytest.raises(PoolError, match="not placed and loaded within 5 s "
+                                        r"\(place_timeout_s\).*'num_cpus': 64.*fewer actors"):
         Pool.get_or_create(spec, settings)
     for name in Pool.names():
         if Pool.get(name).describe()["spec"] == spec:
@@ -272,3 +274,80 @@ def test_a_two_stream_actor_matches_direct_pytorch(images_df, expected, ray_addr
         assert actor["batches"] >= len(rows) // (TEST_BATCH // 2)
     finally:
         pool.stop()
+
+
+def test_a_pool_holding_a_dead_actor_still_stops_when_idle(ray_address, caplog):
+    import logging
+    import time
+
+    import ray
+
+    caplog.set_level(logging.INFO, logger="hybrid_infer")
+    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=6),
+                              PoolSettings(num_actors=2, idle_timeout_s=3, torch_threads=1,
+                                           num_cpus_per_actor=0.5))
+    assert f"started pool {pool.name}" in caplog.text
+    ray.kill(pool.actors()[0], no_restart=True)
+    started = time.time()
+    while pool.name in Pool.names() and time.time() < started + 45:
+        time.sleep(0.5)
+    assert pool.name not in Pool.names(), "a pool with a dead actor never stopped when idle"
+    for index in range(2):  # its live actor went with it
+        with pytest.raises(ValueError):
+            ray.get_actor(f"{pool.name}-actor-{index}")
+
+
+def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, caplog):
+    import logging
+
+    import ray
+
+    from hybrid_infer.pool.registry import PoolManager
+    from hybrid_infer.pool.settings import PoolKey
+    from hybrid_infer.weights import weights_digest
+
+    caplog.set_level(logging.INFO, logger="hybrid_infer")
+    spec = ModelSpec("mobilenet_v3_small", seed=8)
+    settings = PoolSettings(num_actors=2, idle_timeout_s=0, torch_threads=1,
+                            num_cpus_per_actor=0.5)
+    # The manager's logic, run in this process (the detached one logs to its worker log).
+    manager = PoolManager(PoolKey.derive(spec.identity, weights_digest(spec), settings.actor),
+                          spec, settings)
+    actors = manager.start(2, None, ray.get_runtime_context().get_node_id())
+    try:
+        ray.kill(actors[1], no_restart=True)
+        assert manager._reap_if_idle(timeout=30) is True
+        assert "actor 1 counts as idle: " in caplog.text  # with Ray's reason after it
+        assert "idle for" in caplog.text and "stopping it" in caplog.text
+        assert manager.actors() == []
+    finally:
+        manager.stop()
+
+
+def test_a_job_asking_for_other_placement_is_told_the_pool_keeps_its_own(
+        ray_address, warm_pool, pool_settings, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hybrid_infer")
+    same = Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings.replace(
+        idle_timeout_s=60, max_in_flight=5))  # max_in_flight is the job's own: no warning
+    assert same.name == warm_pool.name
+    (record,) = [r for r in caplog.records if warm_pool.name in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert "idle_timeout_s=3600.0" in record.getMessage()
+    assert "asked for idle_timeout_s=60" in record.getMessage()
+    assert "max_in_flight" not in record.getMessage()
+    assert warm_pool.status()["placement"]["idle_timeout_s"] == 3600.0
+
+
+def test_an_actor_that_cannot_start_fails_the_start_with_its_own_error(ray_address):
+    from hybrid_infer.errors import ModelError
+
+    settings = PoolSettings(num_actors=1, torch_threads=1, num_cpus_per_actor=0.5,
+                            embedding_layer="no_such_layer")
+    spec = ModelSpec("mobilenet_v3_small", seed=10)
+    with pytest.raises(ModelError, match="no layer 'no_such_layer'"):
+        Pool.get_or_create(spec, settings)
+    for name in Pool.names():
+        if Pool.get(name).describe()["spec"] == spec:
+            Pool.get(name).stop()

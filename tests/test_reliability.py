@@ -22,7 +22,7 @@ import pytest
 
 from hybrid_infer import infer
 from hybrid_infer.errors import ConfigurationError, ModelError, PoolError
-from hybrid_infer.job import error_from_spark
+from hybrid_infer.errors import from_spark
 from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.registry import Pool, PoolManager
 from hybrid_infer.pool.settings import PoolKey
@@ -326,7 +326,7 @@ def test_pool_stopped_mid_job_fails_with_a_clear_error(spark, ray_address):
               preprocess=small_preprocess(resize=160, crop=160), rows_per_batch=2).collect()
     seconds = time.perf_counter() - started
     stopper.join(timeout=30)
-    error = error_from_spark(caught.value)
+    error = from_spark(caught.value)
     assert isinstance(error, PoolError), str(caught.value)[:3000]
     assert re.search(r"stopped|no pool named", str(error)), str(error)
     assert seconds < FAIL_WITHIN_S
@@ -340,7 +340,7 @@ def test_batch_timeout_fires(spark, ray_address, small_pool):
         run_job(spark, ray_address, values, settings=small_settings(batch_timeout_s=0.001),
                 preprocess=small_preprocess(resize=224, crop=224), rows_per_batch=8)
     assert time.perf_counter() - started < FAIL_WITHIN_S
-    error = error_from_spark(caught.value)
+    error = from_spark(caught.value)
     assert isinstance(error, PoolError) and "batch_timeout_s" in str(error), \
         str(caught.value)[:3000]
 

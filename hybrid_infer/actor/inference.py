@@ -28,6 +28,8 @@ class RequestOptions:
     input_shape: tuple[int, ...] | None = None
     #: One name per class: top-k results then carry the classes' names.
     class_names: tuple[str, ...] | None = None
+    #: The caller's ClientSettings.batch_timeout_s: the actor gives up on a batch then.
+    batch_timeout_s: float = 600.0
 
 
 class InferenceActor:
@@ -71,7 +73,7 @@ class InferenceActor:
         """Predict for every row of a one-column batch of bytes; same row count back."""
         decoder = self._decoder(options)
         values = batch.column(0).to_pylist()
-        outputs, errors = self.pipeline.run(values, decoder, self.settings.batch_timeout_s)
+        outputs, errors = self.pipeline.run(values, decoder, options.batch_timeout_s)
         if outputs is None:
             outputs = np.zeros((len(values), 0), dtype=np.float32)
         return result_batch(outputs, errors, options.top_k, options.class_names)

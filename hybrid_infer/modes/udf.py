@@ -39,15 +39,42 @@ class ImageBytesDataset:
             return torch.zeros(shape), str(exc)
 
 
-def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
-            batch_size: int = 32, loader_workers: int = 0, device: str = "cpu",
-            embedding_layer: str | None = None):
-    """df -> DataFrame(id_cols..., prediction, error[, top_k]); device "cuda" moves the
-    model and each batch to the GPU, as the recipe does there (fp32, no other tuning)."""
+#: ActorSettings the baseline cannot honour because they would change its numbers; the
+#: others it either honours (batch_size, device, precision, torch_threads,
+#: embedding_layer) or are pool throughput tuning that does not apply to it.
+REFUSED = {"optimize": "none"}
+
+
+def check_udf_settings(actor) -> None:
+    """Refuse the actor settings the udf baseline cannot honour, naming the way out."""
+    from hybrid_infer.errors import ConfigurationError
+
+    for name, default in REFUSED.items():
+        if getattr(actor, name) != default:
+            raise ConfigurationError(
+                f"mode='udf' cannot run {name}={getattr(actor, name)!r} (it rebuilds the "
+                f"model in every UDF call): use mode='hybrid', whose pool pays it once per "
+                f"actor, or leave {name} at {default!r}")
+
+
+def run_udf(df, *, spec, input_col: str, id_cols: list[str], options, actor=None,
+            loader_workers: int = 0):
+    """df -> DataFrame(id_cols..., prediction, error[, top_k]).
+
+    actor: ActorSettings; honoured: batch_size, device ("auto": a GPU when the Spark
+    worker sees one; "cuda" fails clearly without one), precision (autocast),
+    torch_threads and embedding_layer.
+    """
     from pyspark.sql.functions import col, pandas_udf
 
     from hybrid_infer.decode import ArrayDecoder, ImageDecoder
     from hybrid_infer.output import result_batch
+    from hybrid_infer.pool.settings import ActorSettings
+
+    actor = actor or ActorSettings()
+    check_udf_settings(actor)
+    batch_size, embedding_layer = actor.batch_size, actor.embedding_layer
+    requested_device, precision, threads = actor.device, actor.precision, actor.torch_threads
 
     spark = df.sparkSession
     state_dict = spark.sparkContext.broadcast(spec.load_state_dict())
@@ -64,6 +91,9 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
 
         from hybrid_infer.actor.runner import LayerTap
 
+        device = _udf_device(requested_device)
+        if threads:
+            torch.set_num_threads(threads)
         model = spec.build_module()
         model.load_state_dict(state_dict.value)
         model.eval().to(device)
@@ -74,11 +104,36 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options,
         logits, errors = [], []
         with torch.no_grad():
             for images, reasons in loader:
-                output = model(images.to(device))
-                logits.append((tap.take() if tap else output).cpu().numpy())
+                with _autocast(device, precision):
+                    output = model(images.to(device))
+                    output = tap.take() if tap else output
+                logits.append(output.float().cpu().numpy())
                 errors.extend(reason or None for reason in reasons)
         stacked = np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)
         return result_batch(stacked, errors, top_k, class_names).to_pandas()
 
     result = predict(col(input_col)).alias("_result")
     return df.select(*id_cols, result).select(*id_cols, "_result.*")
+
+
+def _udf_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        from hybrid_infer.errors import ConfigurationError
+
+        raise ConfigurationError("device='cuda' was asked for but this Spark worker sees no "
+                                 "GPU: use device='auto' or 'cpu', or mode='hybrid' with "
+                                 "GPU actors (num_gpus_per_actor)")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _autocast(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device, dtype=dtype) if dtype else contextlib.nullcontext()

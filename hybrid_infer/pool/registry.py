@@ -10,30 +10,44 @@ a different model or weights gets its own pool.
 
 A pool serves a ModelSpec (image models on InferenceActor) by default. Any other spec
 may bring its own actor by defining `actor_class()` (constructed as
-`cls(spec, payload, settings, pool_name, index)`), `pool_payload()` (what the manager
+`cls(spec, payload, actor_settings, pool_name, index)`), `pool_payload()` (what the manager
 puts into the object store once) and `payload_digest()` (identifies that payload);
 e.g. actor/predict_fn.py for predict_batch_udf's user functions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
+from dataclasses import asdict, replace
 
-from hybrid_infer.errors import HybridInferError, PoolError
+from hybrid_infer.errors import HybridInferError, PoolError, from_spark
 from hybrid_infer.pool.settings import PoolKey, PoolSettings
 from hybrid_infer.runtime import NAMESPACE
+
+log = logging.getLogger(__name__)
 
 POOL_PREFIX = "pool-"
 
 
 class PoolManager:
-    """The pool's control plane (a detached Ray actor). Holds no model itself."""
+    """The pool's control plane (a detached Ray actor). Holds no model itself.
+
+    It keeps the creator's ActorSettings (given to every actor it starts) and
+    PlacementSettings (its sizing, timeouts and idle timeout); never a job's
+    ClientSettings, which each job's caller reads for itself.
+    """
 
     def __init__(self, key: PoolKey, spec, settings: PoolSettings):
+        from hybrid_infer.logs import log_to_stderr
+
+        log_to_stderr()  # this actor's stderr: its Ray worker log
         self.key = key
         self.spec = spec
-        self.settings = settings
+        self.actor_settings = settings.actor
+        self.placement = settings.placement
         self.created_at = time.time()
         self._weights_ref = None
         self._weights_bytes = 0
@@ -44,7 +58,7 @@ class PoolManager:
         self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
-        if settings.idle_timeout_s:
+        if self.placement.idle_timeout_s:
             threading.Thread(target=self._idle_reaper, daemon=True).start()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -65,6 +79,7 @@ class PoolManager:
         from hybrid_infer.weights import nbytes
 
         with self._lock:
+            started = time.perf_counter()
             if self._weights_ref is None:
                 if payload is None:
                     self._weights_ref, self._weights_bytes = self._build_weights(build_node)
@@ -73,6 +88,9 @@ class PoolManager:
                     self._weights_bytes = (nbytes(payload) if isinstance(payload, dict)
                                            else len(payload))
             self._scale_locked(num_actors)
+            log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
+                     self.key.name, len(self._actors), self._weights_bytes,
+                     time.perf_counter() - started, self.key.describe())
             return list(self._actors)
 
     def _build_weights(self, node_id: str) -> tuple:
@@ -87,13 +105,17 @@ class PoolManager:
         build = ray.remote(num_cpus=0, max_calls=1)(_weights_arrays).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
         ref = build.remote(self.spec)
+        timeout = self.placement.build_timeout_s
         try:
-            arrays = ray.get(ref, timeout=self.settings.start_timeout_s)
+            arrays = ray.get(ref, timeout=timeout)
         except ray.exceptions.RayTaskError as exc:
             raise unwrapped(exc) from None
         except ray.exceptions.GetTimeoutError:
-            raise PoolError(f"building the weights took over {self.settings.start_timeout_s:.0f}"
-                            " s (start_timeout_s)") from None
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            raise PoolError(f"building the weights of {self.spec.identity} took over "
+                            f"{timeout:.0f} s (build_timeout_s): raise build_timeout_s for a "
+                            "large checkpoint on slow storage") from None
         return ref, nbytes(arrays)  # (arrays: read-only views of the object; not copied)
 
     def actors(self) -> list:
@@ -115,18 +137,26 @@ class PoolManager:
                 try:
                     ray.get(ping, timeout=30)
                     live.append(actor)
-                except Exception:
+                except Exception as exc:
                     self._replaced += 1
+                    log.warning("pool %s: actor %d is lost, replacing it: %s", self.key.name,
+                                self._index_of(actor), _cause(exc))
             wanted = len(self._actors)
             if len(live) < wanted:
                 self._actors = live
                 self._scale_locked(wanted)
                 self._last_heal_s = round(time.perf_counter() - started, 3)
+                log.warning("pool %s healed: %d actor(s) replaced in %.1f s", self.key.name,
+                            wanted - len(live), self._last_heal_s)
             return list(self._actors)
 
     def scale(self, num_actors: int) -> list:
         with self._lock:
+            before = len(self._actors)
             self._scale_locked(num_actors)
+            self.placement = replace(self.placement, num_actors=num_actors)
+            log.info("pool %s scaled from %d to %d actor(s)", self.key.name, before,
+                     len(self._actors))
             return list(self._actors)
 
     def _scale_locked(self, num_actors: int) -> None:
@@ -145,17 +175,22 @@ class PoolManager:
             used.add(index)
             new.append(self._spawn(index))
         if new:  # wait until they have loaded: a job should not race the model load
+            timeout = self.placement.place_timeout_s
             try:
-                ray.get([actor.ping.remote() for actor in new],
-                        timeout=self.settings.start_timeout_s)
+                ray.get([actor.ping.remote() for actor in new], timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 for actor in new:
                     ray.kill(actor, no_restart=True)
                 raise PoolError(
-                    f"{len(new)} new actor(s) did not start within "
-                    f"{self.settings.start_timeout_s:.0f} s: the cluster may lack the CPUs/GPUs "
-                    f"they ask for ({ray.available_resources()} free); ask for fewer actors "
-                    "or add nodes") from None
+                    f"{len(new)} new actor(s) were not placed and loaded within {timeout:.0f} s "
+                    f"(place_timeout_s): the cluster may lack the CPUs/GPUs they ask for "
+                    f"({self._resources_per_actor()} each; {ray.available_resources()} free); "
+                    "ask for fewer actors or resources, or add nodes") from None
+            except ray.exceptions.RayActorError as exc:  # its constructor raised
+                for actor in new:
+                    ray.kill(actor, no_restart=True)
+                raise from_spark(exc) or PoolError(
+                    f"a new actor of pool {self.key.name} failed to start: {exc}") from None
             self._actors.extend(new)
         self._last_change = time.time()
 
@@ -169,24 +204,27 @@ class PoolManager:
 
         actor_class = (self.spec.actor_class() if hasattr(self.spec, "actor_class")
                        else InferenceActor)
-        settings = self.settings
-        num_gpus = settings.num_gpus_per_actor
-        if num_gpus is None:
-            num_gpus = 1 if settings.device in ("auto", "cuda") and _cluster_gpus() else 0
         remote_cls = ray.remote(actor_class).options(
             name=f"{self.key.name}-actor-{index}",
             namespace=NAMESPACE,
             lifetime="detached",
-            num_cpus=settings.num_cpus_per_actor,
-            num_gpus=num_gpus,
+            **self._resources_per_actor(),
             max_concurrency=64,
             max_restarts=0,
             scheduling_strategy="SPREAD",
             runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
         )
-        actor = remote_cls.remote(self.spec, self._weights_ref, settings, self.key.name, index)
+        actor = remote_cls.remote(self.spec, self._weights_ref, self.actor_settings,
+                                  self.key.name, index)
         self._indices[actor._actor_id.hex()] = index
         return actor
+
+    def _resources_per_actor(self) -> dict:
+        num_gpus = self.placement.num_gpus_per_actor
+        if num_gpus is None:
+            gpu_device = self.actor_settings.device in ("auto", "cuda")
+            num_gpus = 1 if gpu_device and _cluster_gpus() else 0
+        return {"num_cpus": self.placement.num_cpus_per_actor, "num_gpus": num_gpus}
 
     def stop(self) -> int:
         """Kill every actor, then this manager. Returns how many actors were killed."""
@@ -202,33 +240,69 @@ class PoolManager:
         return count
 
     def _idle_reaper(self) -> None:
+        """Stop the pool after idle_timeout_s without work, whatever its actors' state."""
         import ray
 
-        period = min(30.0, max(1.0, self.settings.idle_timeout_s / 4))
+        period = min(30.0, max(1.0, self.placement.idle_timeout_s / 4))
         while not self._stopping:
             time.sleep(period)
             try:
-                statuses = ray.get([a.status.remote() for a in self.actors()], timeout=30)
-            except Exception:
-                continue
-            # A start, scale or heal in progress holds the lock: that is not idleness.
-            if not self.is_started() or not self._lock.acquire(blocking=False):
-                continue
-            try:
-                last_used = max([s["last_used"] for s in statuses], default=0.0)
-                idle = time.time() - max(last_used, self._last_change)
-                if idle <= self.settings.idle_timeout_s:
+                if not self._reap_if_idle(timeout=max(5.0, period)):
                     continue
-                self.stop()
-            finally:
-                self._lock.release()
+            except Exception:  # never let one bad round end the reaper
+                log.exception("pool %s: the idle check failed; trying again in %.0f s",
+                              self.key.name, period)
+                continue
             ray.kill(ray.get_runtime_context().current_actor)
             return
+
+    def _reap_if_idle(self, timeout: float = 30.0) -> bool:
+        """Stop the actors when the pool has been idle past its timeout; True if stopped.
+
+        A dead actor does no work: it counts as idle (the next job heals it). An actor
+        that does not answer in `timeout` may be busy: the pool is not idle then.
+        """
+        import ray
+
+        refs = {}
+        for actor in self.actors():
+            try:
+                refs[actor.status.remote()] = actor
+            except Exception as exc:  # a dead actor's handle may refuse the call itself
+                log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
+                            self._index_of(actor), _cause(exc))
+        ready, waiting = (ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+                          if refs else ([], []))
+        if waiting:
+            log.info("pool %s: %d actor(s) did not report within %.0f s: not idle",
+                     self.key.name, len(waiting), timeout)
+            return False
+        last_used = 0.0
+        for ref in ready:
+            try:
+                last_used = max(last_used, ray.get(ref)["last_used"])
+            except Exception as exc:
+                log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
+                            self._index_of(refs[ref]), _cause(exc))
+        # A start, scale or heal in progress holds the lock: that is not idleness.
+        if not self.is_started() or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            idle = time.time() - max(last_used, self._last_change)
+            if idle <= self.placement.idle_timeout_s:
+                return False
+            log.info("pool %s idle for %.0f s (idle_timeout_s=%s): stopping it",
+                     self.key.name, idle, self.placement.idle_timeout_s)
+            self.stop()
+            return True
+        finally:
+            self._lock.release()
 
     # -- reporting -------------------------------------------------------------------
     def describe(self) -> dict:
         return {"name": self.key.name, "key": self.key, "spec": self.spec,
-                "settings": self.settings, "created_at": self.created_at,
+                "actor_settings": self.actor_settings, "placement": self.placement,
+                "created_at": self.created_at,
                 "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced,
                 "last_heal_s": self._last_heal_s}
 
@@ -237,6 +311,12 @@ def _weights_arrays(spec) -> dict:
     from hybrid_infer.weights import state_dict_to_arrays
 
     return state_dict_to_arrays(spec.load_state_dict())
+
+
+def _cause(exc: BaseException) -> str:
+    """One line on why a Ray call failed (its first line: Ray's texts run long)."""
+    text = str(getattr(exc, "cause", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def unwrapped(exc: Exception) -> Exception:
@@ -270,17 +350,18 @@ class Pool:
         settings = settings or PoolSettings()
         digest = (spec.payload_digest() if hasattr(spec, "payload_digest")
                   else weights_digest(spec))
-        key = PoolKey(spec.identity, digest, settings.compute_settings())
+        key = PoolKey.derive(spec.identity, digest, settings.actor)
         manager = ray.remote(PoolManager).options(
             name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=16, max_restarts=0,
         ).remote(key, spec, settings)
         pool = cls(manager, key.name)
-        existing = pool.describe()["key"]
-        if existing != key:  # a 64-bit name collision: never serve another model
-            raise PoolError(f"pool {key.name} serves {existing.describe()}, "
+        existing = pool.describe()
+        if existing["key"] != key:  # a 64-bit name collision: never serve another model
+            raise PoolError(f"pool {key.name} serves {existing['key'].describe()}, "
                             f"not {key.describe()}: stop it first")
         if not ray.get(manager.is_started.remote()):
+            started = time.perf_counter()
             num_actors = settings.num_actors or _default_num_actors()
             if hasattr(spec, "pool_payload"):
                 pool._call("start", num_actors, spec.pool_payload())
@@ -288,6 +369,10 @@ class Pool:
                 pool._call("start", num_actors, _weights_arrays(spec))
             else:
                 pool._call("start", num_actors, None, ray.get_runtime_context().get_node_id())
+            log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
+                     spec.identity, num_actors, time.perf_counter() - started)
+        else:
+            _warn_on_other_placement(key.name, existing["placement"], settings.placement)
         return pool
 
     @classmethod
@@ -335,6 +420,7 @@ class Pool:
             "model": info["key"].model_identity,
             "weights_digest": info["key"].weights_digest,
             "settings": info["key"].compute,
+            "placement": asdict(info["placement"]),
             "weights_bytes": info["weights_bytes"],
             "uptime_s": round(time.time() - info["created_at"], 1),
             "replaced_actors": info["replaced_actors"],
@@ -367,3 +453,18 @@ class Pool:
 def _default_num_actors() -> int:
     gpus = _cluster_gpus()
     return int(gpus) if gpus >= 1 else 1
+
+
+def _warn_on_other_placement(name: str, running, asked) -> None:
+    """A running pool keeps its own placement: say so when a job asks for another."""
+    if asked.num_actors is None:  # "the default": whatever the pool has is fine
+        asked = replace(asked, num_actors=running.num_actors)
+    differ = {field: (value, getattr(asked, field)) for field, value in asdict(running).items()
+              if getattr(asked, field) != value}
+    if differ:
+        log.warning(
+            "pool %s is already running with %s; this job asked for %s. The running pool "
+            "keeps its own (scale it with `hybrid-infer pool scale`, or stop it to start "
+            "one with the new values)", name,
+            ", ".join(f"{field}={ran}" for field, (ran, _) in differ.items()),
+            ", ".join(f"{field}={want}" for field, (_, want) in differ.items()))

@@ -1,10 +1,27 @@
-"""What a pool is made of (PoolSettings) and what makes two pools the same (PoolKey)."""
+"""A pool's settings, split by lifetime, and what makes two pools the same (PoolKey).
+
+Three parts, each read by one party:
+
+- ActorSettings: what and how an actor computes. Fixed when the pool starts; the pool
+  key is derived from every one of its fields, so a job that differs in any of them
+  gets its own pool, never a silently reused one. Actors receive only this part.
+- PlacementSettings: how many actors, where they run, how long starting may take and
+  when the idle pool stops. Read by the pool's manager when it starts, scales and
+  reaps; a later job's different values do not restart a running pool (it logs a
+  warning naming the pool's own values, which `pool status` also shows).
+- ClientSettings: how one job's tasks talk to the pool (window, batch timeout, rows
+  per request). Read by the job's caller only, per job; never part of the pool.
+
+`PoolSettings` bundles the three for users: `PoolSettings(num_actors=2, batch_size=16)`
+routes each keyword to the part that owns it, and `settings.batch_size` reads it back.
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from hybrid_infer.errors import ConfigurationError
 
@@ -14,19 +31,33 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZATIONS = ("none", "freeze", "compile")
 
 
-@dataclass(frozen=True)
-class PoolSettings:
-    """How many actors, where they run and how each one computes.
+def _at_least(owner, minimum, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if (value is not None or not optional) and value < minimum:
+            comparison = ">= 1" if minimum == 1 else f">= {minimum}"
+            raise ConfigurationError(f"{name} must be {comparison}, got {value}")
 
-    num_actors: None means one per GPU in the cluster, or one when there is none.
-    num_gpus_per_actor may be fractional (e.g. 0.5: two actors share a GPU).
-    precision: autocast dtype on GPU ("fp32" disables autocast).
-    max_in_flight: batches each Spark task keeps in flight per actor (backpressure).
-    idle_timeout_s: the pool stops itself after this long without work (0: never).
-    start_timeout_s: starting or scaling fails with a clear error when new actors cannot
-    be placed (or load) within this time, e.g. when the cluster lacks the resources.
-    batch_timeout_s: a job fails with a clear error when one batch gets no answer in time.
+
+def _positive(owner, *names: str) -> None:
+    for name in names:
+        if getattr(owner, name) <= 0:
+            raise ConfigurationError(f"{name} must be > 0, got {getattr(owner, name)}")
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What and how each actor computes: every field is part of the pool key.
+
     batch_size: rows an actor computes at once, shared by its streams.
+    device: "auto" (a GPU when the actor has one), "cpu" or "cuda".
+    precision: autocast dtype ("fp32" disables autocast).
+    channels_last: run the model in channels-last memory format.
+    optimize: a one-time optimisation paid once per actor at pool start: "freeze"
+    (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
+    predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
+    actor its own copy of the (folded) weights instead of the shared object-store copy.
+    torch_threads: torch threads per actor (None: the machine's cores).
     streams: model threads per actor, each computing batch_size / streams rows on
     torch_threads / streams intra-op threads. None: on CPU one single-threaded stream
     per torch thread (faster than one batch over several threads: no synchronisation
@@ -34,41 +65,27 @@ class PoolSettings:
     decode_threads: threads decoding images in each actor (single-threaded torch each).
     max_batch_bytes: host memory cap for one model call's input tensor; a larger call
     fails like an out-of-memory error and is split (None: no cap).
-    optimize: a one-time optimisation paid once per actor at pool start: "freeze"
-    (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
-    predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
-    actor its own copy of the (folded) weights instead of the shared object-store copy.
     embedding_layer: return this layer's output (flattened) as `prediction` instead of
     the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
     """
 
-    num_actors: int | None = None
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
     optimize: str = "none"
-    num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float | None = None
     torch_threads: int | None = None
     streams: int | None = None
     decode_threads: int = 2
-    max_in_flight: int = 2
-    idle_timeout_s: float = 3600.0
-    batch_timeout_s: float = 600.0
-    start_timeout_s: float = 300.0
     max_batch_bytes: int | None = None
     embedding_layer: str | None = None
 
     def __post_init__(self):
-        if self.device not in DEVICES:
-            raise ConfigurationError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigurationError(
-                f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.optimize not in OPTIMIZATIONS:
-            raise ConfigurationError(
-                f"optimize must be one of {OPTIMIZATIONS}, got {self.optimize!r}")
+        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS),
+                              ("optimize", OPTIMIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigurationError(
+                    f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.optimize == "freeze" and self.embedding_layer:
             raise ConfigurationError(
                 "optimize='freeze' drops the hook that reads embedding_layer: use "
@@ -77,22 +94,12 @@ class PoolSettings:
             raise ConfigurationError(
                 "optimize='freeze' runs in fp32 only (TorchScript does not trace autocast): "
                 "use precision='fp32', or optimize='compile' for bf16/fp16")
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_actors is not None and self.num_actors < 1:
-            raise ConfigurationError(f"num_actors must be >= 1, got {self.num_actors}")
-        if self.batch_timeout_s <= 0:
-            raise ConfigurationError(f"batch_timeout_s must be > 0, got {self.batch_timeout_s}")
-        if self.max_batch_bytes is not None and self.max_batch_bytes < 1:
-            raise ConfigurationError(f"max_batch_bytes must be >= 1, got {self.max_batch_bytes}")
-        if self.streams is not None and self.streams < 1:
-            raise ConfigurationError(f"streams must be >= 1, got {self.streams}")
+        _at_least(self, 1, "batch_size", "decode_threads")
+        _at_least(self, 1, "torch_threads", "streams", "max_batch_bytes", optional=True)
         if self.streams is not None and self.streams > 1 and self.optimize == "compile":
             raise ConfigurationError(
                 "optimize='compile' runs one stream per actor (a torch.compile'd module is "
                 "not safe to call from several threads): leave streams unset or use 1")
-        if self.max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
     def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
         """(streams, torch threads per stream) for an actor on `device` with `threads`."""
@@ -102,24 +109,154 @@ class PoolSettings:
         streams = max(1, min(streams, self.batch_size))
         return streams, max(1, threads // streams)
 
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """How the pool is sized and placed, and how long its manager waits.
+
+    num_actors: None means one per GPU in the cluster, or one when there is none.
+    num_cpus_per_actor, num_gpus_per_actor: Ray resources per actor; num_gpus may be
+    fractional (0.5: two actors share a GPU); None: one GPU when the device may be a
+    GPU and the cluster has some, else none.
+    idle_timeout_s: the pool stops itself after this long without work (0: never).
+    build_timeout_s: starting fails when building the weights into the object store
+    takes longer (a large checkpoint read from slow storage may need more).
+    place_timeout_s: starting or scaling fails when new actors are not placed and
+    loaded within this time, e.g. when the cluster lacks the resources they ask for.
+    """
+
+    num_actors: int | None = None
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float | None = None
+    idle_timeout_s: float = 3600.0
+    build_timeout_s: float = 600.0
+    place_timeout_s: float = 300.0
+
+    def __post_init__(self):
+        _at_least(self, 1, "num_actors", optional=True)
+        _at_least(self, 0, "num_cpus_per_actor", "idle_timeout_s")
+        _at_least(self, 0, "num_gpus_per_actor", optional=True)
+        _positive(self, "build_timeout_s", "place_timeout_s")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How one job's tasks talk to the pool; read by the job's caller, per job.
+
+    max_in_flight: batches each Spark task keeps in flight per actor (backpressure).
+    batch_timeout_s: the job fails with a clear error when one batch gets no answer
+    in time (the actor also gives up on that batch then).
+    rows_per_batch: rows a task sends per request.
+    """
+
+    max_in_flight: int = 2
+    batch_timeout_s: float = 600.0
+    rows_per_batch: int = 64
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_in_flight", "rows_per_batch")
+        _positive(self, "batch_timeout_s")
+
+
+#: PoolSettings' parts, by attribute name.
+PARTS = {"actor": ActorSettings, "placement": PlacementSettings, "client": ClientSettings}
+
+#: Settings that were renamed or split: the old name -> what to use instead.
+RENAMED = {"start_timeout_s": "build_timeout_s (building the weights) and place_timeout_s "
+                              "(placing and loading the actors)"}
+
+
+def route_fields(values: dict, groups: dict[str, type], owner: str) -> dict[str, dict]:
+    """Split keyword `values` by the dataclass in `groups` that has a field of that name.
+
+    Raises ConfigurationError for a name no group has, naming the closest ones.
+    """
+    owners = {f.name: group for group, cls in groups.items() for f in fields(cls)}
+    routed: dict[str, dict] = {group: {} for group in groups}
+    for name, value in values.items():
+        if name in owners:
+            routed[owners[name]][name] = value
+        elif name in RENAMED:
+            raise ConfigurationError(f"{owner}: {name!r} is gone; use {RENAMED[name]}")
+        else:
+            close = difflib.get_close_matches(name, owners, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigurationError(f"{owner} has no setting {name!r}: {hint}the settings "
+                                     f"are {', '.join(sorted(owners))}")
+    return routed
+
+
+def _check_disjoint(groups: dict[str, type]) -> None:
+    seen: dict[str, str] = {}
+    for group, cls in groups.items():
+        for f in fields(cls):
+            assert f.name not in seen, f"{f.name} is in both {seen[f.name]} and {group}"
+            seen[f.name] = group
+
+
+_check_disjoint(PARTS)
+
+
+@dataclass(frozen=True, init=False)
+class PoolSettings:
+    """The user-facing bundle of a pool's settings: .actor, .placement and .client.
+
+    PoolSettings(num_actors=2, batch_size=16, batch_timeout_s=60) routes each keyword
+    to the part that owns it; parts may also be given whole (actor=ActorSettings(...)),
+    and keywords then override their fields. Every field reads back flat
+    (settings.batch_size is settings.actor.batch_size).
+    """
+
+    actor: ActorSettings
+    placement: PlacementSettings
+    client: ClientSettings
+
+    def __init__(self, actor: ActorSettings | None = None,
+                 placement: PlacementSettings | None = None,
+                 client: ClientSettings | None = None, **settings):
+        given = {"actor": actor, "placement": placement, "client": client}
+        for name, changes in route_fields(settings, PARTS, "PoolSettings").items():
+            part = given[name] if given[name] is not None else PARTS[name]()
+            if not isinstance(part, PARTS[name]):
+                raise ConfigurationError(f"PoolSettings({name}=...) takes "
+                                         f"{PARTS[name].__name__}, got {type(part).__name__}")
+            object.__setattr__(self, name, replace(part, **changes) if changes else part)
+
+    def __getattr__(self, name: str):
+        # Only for names not found normally: a field of one of the parts.
+        if not name.startswith("_") and name not in PARTS:
+            for part in PARTS:
+                if name in _FIELD_NAMES[part]:
+                    return getattr(getattr(self, part), name)
+        raise AttributeError(f"PoolSettings has no setting {name!r}")
+
+    def replace(self, **settings) -> "PoolSettings":
+        """A copy with these fields (of any part) changed."""
+        return PoolSettings(self.actor, self.placement, self.client, **settings)
+
+    def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
+        return self.actor.stream_layout(device, threads)
+
     def compute_settings(self) -> dict:
-        """The settings that change what an actor computes: part of the pool's key."""
-        compute = {"device": self.device, "precision": self.precision,
-                   "channels_last": self.channels_last, "batch_size": self.batch_size,
-                   "optimize": self.optimize, "embedding_layer": self.embedding_layer,
-                   "torch_threads": self.torch_threads, "streams": self.streams}
-        if self.max_batch_bytes is not None:
-            compute["max_batch_bytes"] = self.max_batch_bytes
-        return compute
+        """The settings that change what an actor computes: the pool key's part."""
+        return asdict(self.actor)
+
+
+_FIELD_NAMES = {name: frozenset(f.name for f in fields(cls)) for name, cls in PARTS.items()}
 
 
 @dataclass(frozen=True)
 class PoolKey:
-    """Model identity + weights digest + compute settings. Equal keys share one pool."""
+    """Model identity + weights digest + every actor setting. Equal keys share one pool."""
 
     model_identity: str
     weights_digest: str
     compute: dict = field(default_factory=dict)
+
+    @classmethod
+    def derive(cls, model_identity: str, weights_digest: str,
+               actor: ActorSettings) -> "PoolKey":
+        return cls(model_identity, weights_digest, asdict(actor))
 
     @property
     def name(self) -> str:

@@ -14,6 +14,7 @@ def run(config: ContenderConfig) -> dict:
     from hybrid_infer.decode import Preprocess
     from hybrid_infer.modes.udf import run_udf
     from hybrid_infer.actor.inference import RequestOptions
+    from hybrid_infer.pool.settings import ActorSettings
 
     spark = spark_session(config)
     spec = CountingSpec(config.model, seed=config.seed, stamp_dir=config.stamp_dir,
@@ -22,7 +23,7 @@ def run(config: ContenderConfig) -> dict:
 
     def build(df):
         return run_udf(df, spec=spec, input_col="content", id_cols=["path"], options=options,
-                       batch_size=config.batch_size, device=config.device)
+                       actor=ActorSettings(batch_size=config.batch_size, device=config.device))
 
     log = run_spark_jobs(config, spark, build, lambda: len(stamps(config.stamp_dir, LOAD)))
     spark.stop()

@@ -1,0 +1,116 @@
+"""Settings by lifetime: the pool key derived from what actors compute, the parts'
+validation, infer()'s grouped parameters, and how mode="udf" treats actor settings.
+No Spark or Ray here."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from hybrid_infer.api import JobOptions, ModelSource, infer
+from hybrid_infer.errors import ConfigurationError, InputError
+from hybrid_infer.pool.settings import (
+    ActorSettings,
+    ClientSettings,
+    PlacementSettings,
+    PoolKey,
+    PoolSettings,
+)
+
+#: A valid value other than the default, for every field of every part. A new field
+#: fails test_every_field_has_a_changed_value until it is listed here.
+CHANGED = {
+    "batch_size": 7, "device": "cpu", "precision": "bf16", "channels_last": True,
+    "optimize": "compile", "torch_threads": 3, "streams": 1, "decode_threads": 5,
+    "max_batch_bytes": 1 << 20, "embedding_layer": "avgpool",
+    "num_actors": 3, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
+    "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
+    "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13,
+}
+
+
+def _key(settings: PoolSettings) -> str:
+    return PoolKey.derive("torchvision:resnet18", "random-seed-0", settings.actor).name
+
+
+def test_every_field_has_a_changed_value():
+    for part in (ActorSettings, PlacementSettings, ClientSettings):
+        for f in fields(part):
+            assert f.name in CHANGED, f"{part.__name__}.{f.name}: add it to CHANGED"
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(ActorSettings)])
+def test_every_actor_setting_changes_the_pool_key(name):
+    assert _key(PoolSettings(**{name: CHANGED[name]})) != _key(PoolSettings())
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(PlacementSettings)]
+                         + [f.name for f in fields(ClientSettings)])
+def test_placement_and_client_settings_leave_the_pool_key_alone(name):
+    assert _key(PoolSettings(**{name: CHANGED[name]})) == _key(PoolSettings())
+
+
+def test_the_key_is_every_actor_field_and_nothing_else():
+    settings = PoolSettings(**CHANGED)
+    assert set(settings.compute_settings()) == {f.name for f in fields(ActorSettings)}
+    assert PoolKey.derive("m", "d", settings.actor).compute == settings.compute_settings()
+
+
+def test_flat_keywords_go_to_their_part_and_read_back_flat():
+    settings = PoolSettings(**CHANGED)
+    for name, value in CHANGED.items():
+        assert getattr(settings, name) == value
+    assert settings.actor.batch_size == 7 and settings.placement.num_actors == 3
+    assert settings.client.rows_per_batch == 13
+    # parts given whole, keywords on top; replace() keeps the rest
+    whole = PoolSettings(actor=ActorSettings(batch_size=4), client=ClientSettings(
+        max_in_flight=3), batch_size=6)
+    assert (whole.batch_size, whole.max_in_flight) == (6, 3)
+    assert whole.replace(num_actors=2) == replace(whole, placement=PlacementSettings(
+        num_actors=2))
+    # the old idiom of copying through __dict__ still works
+    assert PoolSettings(**{**whole.__dict__, "batch_size": 9}) == whole.replace(batch_size=9)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"start_timeout_s": 5}, "'start_timeout_s' is gone; use build_timeout_s .* place_timeout_s"),
+    ({"num_actor": 2}, "no setting 'num_actor': did you mean num_actors"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"device": "tpu"}, r"device must be one of \('auto', 'cpu', 'cuda'\), got 'tpu'"),
+    ({"precision": "int8"}, "precision must be one of"),
+    ({"optimize": "freeze", "precision": "bf16"}, "runs in fp32 only"),
+    ({"optimize": "compile", "streams": 2}, "not safe to call from several threads"),
+    ({"decode_threads": 0}, "decode_threads must be >= 1"),
+    ({"num_actors": 0}, "num_actors must be >= 1"),
+    ({"num_gpus_per_actor": -1}, "num_gpus_per_actor must be >= 0"),
+    ({"place_timeout_s": 0}, "place_timeout_s must be > 0"),
+    ({"build_timeout_s": -1}, "build_timeout_s must be > 0"),
+    ({"batch_timeout_s": 0}, "batch_timeout_s must be > 0"),
+    ({"max_in_flight": 0}, "max_in_flight must be >= 1"),
+    ({"rows_per_batch": 0}, "rows_per_batch must be >= 1"),
+    ({"actor": PlacementSettings()}, "takes ActorSettings, got PlacementSettings"),
+])
+def test_validation_names_the_setting_and_the_fix(settings, message):
+    with pytest.raises(ConfigurationError, match=message):
+        PoolSettings(**settings)
+
+
+def test_infer_groups_its_keywords_by_owner():
+    # Unknown names fail before anything runs (no DataFrame needed), naming the groups.
+    with pytest.raises(ConfigurationError, match="infer\\(\\) has no setting 'topk': did "
+                                                 "you mean top_k"):
+        infer(None, "resnet18", topk=3)
+    with pytest.raises(ConfigurationError, match="'start_timeout_s' is gone"):
+        infer(None, "resnet18", start_timeout_s=3)
+    with pytest.raises(InputError, match="pass input_col= too"):
+        JobOptions(input_shape=(3, 8, 8))
+    assert JobOptions(input_col="x", input_shape=[3, 8, 8]).input_shape == (3, 8, 8)
+    assert ModelSource().weights == "random"
+
+
+@pytest.mark.parametrize("optimize", ["freeze", "compile"])
+def test_udf_mode_refuses_what_it_cannot_honour(optimize):
+    with pytest.raises(ConfigurationError, match=f"mode='udf' cannot run optimize='{optimize}'"
+                                                 ".*use mode='hybrid'"):
+        infer(None, "resnet18", mode="udf", optimize=optimize)
