@@ -58,7 +58,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
         from hybrid_infer.modes.udf import run_udf
 
         result = run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols,
-                         options=options, batch_size=settings.batch_size,
+                         options=options, batch_size=settings.for_device("cpu").batch_size,
                          loader_workers=loader_workers,
                          embedding_layer=settings.embedding_layer)
     else:
