@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -87,24 +88,21 @@ def run_actor(spec, arrays, settings, blobs: list[bytes], callers: int, rows: in
             if index is None:
                 return
             out = actor.infer(requests[index], options)
-            errors = out.column("error").null_count
+            succeeded = out.column("error").null_count
             with lock:
                 returned[0] += out.num_rows
-                failed[0] += out.num_rows - errors
+                failed[0] += out.num_rows - succeeded
 
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(lambda _: caller(), range(callers)))
     seconds = time.perf_counter() - started
     result = {"images_per_s": len(blobs) / seconds, "seconds": seconds, "rows": len(blobs),
               "rows_returned": returned[0], "rows_failed": failed[0], "build_s": build_s,
-              "decode": "cpu (legacy threads)" if legacy else actor.decode,
+              "decode": "cpu (legacy threads)" if legacy else getattr(actor, "decode", "cpu"),
               "batch_size": actor.settings.batch_size, "precision": actor.settings.precision,
               "channels_last": actor.settings.channels_last, "device": actor.runner.device}
-    if actor._cpu_pool is not None:
+    if getattr(actor, "_cpu_pool", None) is not None:
         actor._cpu_pool.shutdown()
     return result
 
