@@ -101,7 +101,9 @@ def run_actor(spec, arrays, settings, blobs: list[bytes], callers: int, rows: in
               "rows_returned": returned[0], "rows_failed": failed[0], "build_s": build_s,
               "decode": "cpu (legacy threads)" if legacy else getattr(actor, "decode", "cpu"),
               "batch_size": actor.settings.batch_size, "precision": actor.settings.precision,
-              "channels_last": actor.settings.channels_last, "device": actor.runner.device}
+              "channels_last": actor.settings.channels_last, "device": actor.runner.device,
+              "cpu_decoded_rows": getattr(actor.pipeline.stats, "cpu_decoded_rows", 0),
+              "device_decode_failures": getattr(actor.pipeline.stats, "device_decode_failures", 0)}
     if getattr(actor, "_cpu_pool", None) is not None:
         actor._cpu_pool.shutdown()
     return result
@@ -393,7 +395,9 @@ def markdown(results: dict) -> str:
              "| what | images/s |", "|---|---|"]
     for key, value in results["actor"].items():
         lines.append(f"| actor, {key} (decode {value['decode']}, batch {value['batch_size']}, "
-                     f"{value['precision']}{', channels_last' if value['channels_last'] else ''}) "
+                     f"{value['precision']}{', channels_last' if value['channels_last'] else ''}; "
+                     f"{value['cpu_decoded_rows']} rows routed to the CPU decoder, "
+                     f"{value['device_decode_failures']} refused by the device decoder) "
                      f"| {value['images_per_s']:.1f} |")
     for key, value in results["model_only"].items():
         figure = f"{value['images_per_s']:.1f}" if "images_per_s" in value else value["error"]

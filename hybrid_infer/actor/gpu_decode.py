@@ -77,7 +77,7 @@ def resize_crop_into(out, image, preprocess: Preprocess) -> None:
         else:
             image = F.interpolate(batch.float(), size=(new_height, new_width),
                                   mode="bilinear", antialias=True,
-                                  align_corners=False)[0].round_().clamp_(0, 255)
+                                  align_corners=False)[0].round_()  # stays in 0..255
     crop = preprocess.crop
     left, top, _, _ = center_crop_box(new_width, new_height, crop)
     if left >= 0 and top >= 0 and left + crop <= new_width and top + crop <= new_height:
@@ -235,6 +235,7 @@ class DevicePipeline:
                     cpu_rows.append(index)
         else:
             cpu_rows = list(range(n))
+        self.stats.add(cpu_decoded_rows=len(cpu_rows))
         with self._cond:
             self._pending += n
         if device_rows:
@@ -361,6 +362,7 @@ class DevicePipeline:
             if stream is not None:
                 stream.synchronize()  # ready for the model's stream; the staging buffer free
         if retry:  # the device decoder refused these rows: the CPU decoder decides
+            self.stats.add(device_decode_failures=len(retry))
             with self._cond:
                 self._pending += len(retry)
             for request, index, data in retry:

@@ -143,6 +143,8 @@ class InferenceActor:
             "rows": stats.rows,
             "decode_errors": stats.decode_errors,
             "split_retries": stats.split_retries,
+            "cpu_decoded_rows": stats.cpu_decoded_rows,
+            "device_decode_failures": stats.device_decode_failures,
             "model_seconds": round(stats.model_seconds, 3),
             "last_used": stats.last_used,
         }

@@ -72,6 +72,8 @@ class PipelineStats:
     model_seconds: float = 0.0  # summed over streams: can exceed wall time
     split_retries: int = 0
     requests: int = 0
+    cpu_decoded_rows: int = 0        # device path: rows routed to the CPU decoder
+    device_decode_failures: int = 0  # device path: rows the device decoder refused
     last_used: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
