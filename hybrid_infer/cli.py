@@ -64,8 +64,9 @@ _PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
 
 def _add_pool_options(parser):
     group = parser.add_argument_group("pool")
-    group.add_argument("--batch-size", type=int, default=32,
-                       help="rows each actor computes at once (shared by its streams)")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="rows each actor computes at once, shared by its streams "
+                            "(default: 32 on CPU, 256 on a GPU)")
     group.add_argument("--torch-threads", type=int, default=None,
                        help="torch threads per actor (default: the machine's cores)")
     group.add_argument("--streams", type=int, default=None,
@@ -74,8 +75,13 @@ def _add_pool_options(parser):
     group.add_argument("--num-actors", type=int, default=None,
                        help="actors in the pool (default: one per GPU, else one)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                       help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels_last memory format (default: on a GPU only)")
+    group.add_argument("--decode", default="auto", choices=["auto", "gpu", "cpu"],
+                       help="where images are decoded: gpu (nvJPEG, batched), cpu (PIL), "
+                            "auto: the GPU when the actor has one (default)")
     group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
                        help="one-time model optimisation paid at pool start (default: none)")
     group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
@@ -95,7 +101,7 @@ def _pool_settings(args):
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
                         idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
-                        place_timeout_s=args.place_timeout)
+                        place_timeout_s=args.place_timeout, decode=args.decode)
 
 
 def _model_spec(args):

@@ -140,3 +140,133 @@ class ArrayDecoder:
         if array.size != int(np.prod(self.shape)):
             raise DecodeError(f"{array.size} values cannot be reshaped to {list(self.shape)}")
         return torch.from_numpy(array.reshape(self.shape))
+
+
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(resize): the shorter side becomes
+    `resize`, the longer one keeps the aspect ratio (truncated, as torchvision does)."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """PIL crop box of torchvision's CenterCrop(crop); outside the image is zero padding."""
+    boxes = []
+    for size in (width, height):
+        pad = (crop - size) // 2 if crop > size else 0
+        boxes.append(int(round((max(size, crop) - crop) / 2.0)) - pad)
+    left, top = boxes
+    return left, top, left + crop, top + crop
+
+
+def decode_uint8(data, preprocess: Preprocess) -> np.ndarray:
+    """Bytes -> the (crop, crop, 3) uint8 pixels ImageDecoder normalises: the same PIL
+    decode, Resize and CenterCrop, without ToTensor/Normalize (they run on the device).
+    Raises DecodeError with the same reasons as ImageDecoder."""
+    from PIL import Image
+
+    image = open_rgb(data, preprocess.max_pixels)
+    _check_resized_size(image.size, preprocess)
+    width, height = resized_size(*image.size, preprocess.resize)
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.BILINEAR)
+    image = image.crop(center_crop_box(width, height, preprocess.crop))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_uint8_many(values: list, preprocess: Preprocess):
+    """decode_uint8 over rows: ((n, crop, crop, 3) uint8, reasons); a failed row's pixels
+    are zeros and its reason is set. Runs in CPU decode worker processes (picklable)."""
+    crop = preprocess.crop
+    pixels = np.zeros((len(values), crop, crop, 3), dtype=np.uint8)
+    reasons: list[str | None] = [None] * len(values)
+    for position, value in enumerate(values):
+        try:
+            pixels[position] = decode_uint8(value, preprocess)
+        except DecodeError as exc:
+            reasons[position] = str(exc)
+        except Exception as exc:  # a decoder bug must not lose the row
+            reasons[position] = f"decode failed: {type(exc).__name__}: {exc}"
+    return pixels, reasons
+
+
+# --- JPEG headers: what the device decoder (nvJPEG) may be trusted with -----------------
+
+#: Start-of-frame markers: baseline (C0) and extended sequential (C1) Huffman JPEGs
+#: are what nvJPEG's batched decode takes; progressive (C2), lossless, hierarchical
+#: and arithmetic-coded frames go to the CPU decoder.
+_DEVICE_SOF = (0xC0, 0xC1)
+_ANY_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: How far before the end an EOI marker may sit (padding some writers append).
+_EOI_WINDOW = 64
+
+
+def jpeg_header(view, start: int, end: int):
+    """(width, height, components, sof_marker, adobe_transform) of the JPEG in
+    view[start:end] (a memoryview or NumPy uint8 array), read from its markers up to the
+    frame header; adobe_transform is None without an Adobe APP14 segment, else its colour
+    transform (0: none, RGB/CMYK; 1: YCbCr; 2: YCCK). sof_marker is negated for a
+    precision other than 8 bits. None when the value is not a JPEG or its header is
+    unreadable."""
+    if end - start < 4 or view[start] != 0xFF or view[start + 1] != 0xD8:
+        return None
+    pos, adobe = start + 2, None
+    while pos + 4 <= end:
+        if view[pos] != 0xFF:
+            return None
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if length < 2 or pos + 2 + length > end:
+            return None
+        if marker == 0xEE and length >= 14 and bytes(view[pos + 4:pos + 9]) == b"Adobe":
+            adobe = view[pos + 15]
+        elif marker in _ANY_SOF:
+            if length < 8:
+                return None
+            precision = view[pos + 4]
+            height = (view[pos + 5] << 8) | view[pos + 6]
+            width = (view[pos + 7] << 8) | view[pos + 8]
+            components = view[pos + 9]
+            sof = marker if precision == 8 else -marker
+            return width, height, components, sof, adobe
+        elif marker == 0xDA:  # a scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def has_eoi(view, start: int, end: int) -> bool:
+    """The JPEG ends with its EOI marker (FFD9), allowing a little padding after it.
+    nvJPEG decodes a truncated file without complaint: a file without its EOI goes
+    to the CPU decoder, which reports the truncation."""
+    if end - start >= 2 and view[end - 2] == 0xFF and view[end - 1] == 0xD9:
+        return True
+    tail = bytes(view[max(start + 2, end - _EOI_WINDOW):end])
+    return b"\xff\xd9" in tail
+
+
+def device_decodable(view, start: int, end: int, preprocess: Preprocess) -> bool:
+    """True when the device decoder may take this row: an 8-bit baseline/extended JPEG
+    with 1 or 3 components (not CMYK/YCCK, not Adobe's untransformed RGB), complete (EOI present),
+    within max_pixels and the resize limit. Every other row goes to the CPU decoder,
+    which gives it the same pixels or the same error as a CPU pool would."""
+    header = jpeg_header(view, start, end)
+    if header is None:
+        return False
+    width, height, components, sof, adobe = header
+    if sof not in _DEVICE_SOF or components not in (1, 3) or (components == 3 and adobe == 0):
+        return False
+    if width == 0 or height == 0 or width * height > preprocess.max_pixels:
+        return False
+    try:
+        _check_resized_size((width, height), preprocess)
+    except DecodeError:
+        return False
+    return has_eoi(view, start, end)

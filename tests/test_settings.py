@@ -23,7 +23,7 @@ from hybrid_infer.pool.settings import (
 CHANGED = {
     "batch_size": 7, "device": "cpu", "precision": "bf16", "channels_last": True,
     "optimize": "compile", "torch_threads": 3, "streams": 1, "decode_threads": 5,
-    "max_batch_bytes": 1 << 20, "embedding_layer": "avgpool",
+    "max_batch_bytes": 1 << 20, "embedding_layer": "avgpool", "decode": "gpu",
     "num_actors": 3, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
     "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
     "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13,

@@ -38,8 +38,8 @@ class InferenceActor:
     def __init__(self, spec, weights, settings, pool_name: str, index: int):
         import torch
 
-        from hybrid_infer.actor.pipeline import InferencePipeline
-        from hybrid_infer.actor.runner import ModelRunner
+        from hybrid_infer.actor.pipeline import InferencePipeline, PipelineStats
+        from hybrid_infer.actor.runner import ModelRunner, resolve_device
         from hybrid_infer.weights import module_from_arrays
 
         started = time.time()
@@ -47,6 +47,8 @@ class InferenceActor:
         torch.set_num_threads(threads)
         self.pool_name = pool_name
         self.index = index
+        # None-valued defaults (batch size, precision, channels_last) resolved per device.
+        settings = settings.for_device(resolve_device(settings.device))
         self.settings = settings
         # `weights` arrives resolved by Ray: read-only arrays over the node's shared copy.
         self._weights = weights
@@ -57,26 +59,55 @@ class InferenceActor:
             optimize=settings.optimize, example_shape=(settings.batch_size, 3, 224, 224),
             embedding_layer=settings.embedding_layer)
         self.streams, stream_threads = settings.stream_layout(self.runner.device, threads)
+        self.stats = PipelineStats()
         self.pipeline = InferencePipeline(
             self.runner, settings.batch_size, settings.decode_threads, streams=self.streams,
             stream_setup=lambda: torch.set_num_threads(stream_threads),
             # torch's thread count is per thread (OpenMP): decoding's few tensor ops run
             # single-threaded instead of contending with the model's threads.
-            decode_setup=lambda: torch.set_num_threads(1))
+            decode_setup=lambda: torch.set_num_threads(1), stats=self.stats)
         self.stream_threads = stream_threads
+        #: "gpu": JPEGs decoded on the device; "cpu-uint8": PIL in worker processes, uint8
+        #: normalised on the GPU; "cpu": today's decode threads (CPU actors' default).
+        self.decode = _decode_path(settings.decode, self.runner.device)
+        self._cpu_pool = None
+        if self.decode != "cpu":
+            from hybrid_infer.actor.gpu_decode import CpuDecodePool
+
+            self._cpu_pool = CpuDecodePool()
+            if self.decode == "cpu-uint8":
+                self._cpu_pool.warm_up()
         self._decoders: dict = {}
+        self._device_pipelines: dict = {}
         self.model_loads = 1
         self.load_seconds = time.time() - started
         self.started_at = started
 
     def infer(self, batch: pa.RecordBatch, options: RequestOptions = RequestOptions()):
         """Predict for every row of a one-column batch of bytes; same row count back."""
-        decoder = self._decoder(options)
-        values = batch.column(0).to_pylist()
-        outputs, errors = self.pipeline.run(values, decoder, options.batch_timeout_s)
+        column = batch.column(0)
+        if self.decode != "cpu" and options.input_shape is None and (
+                pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+            pipeline = self._device_pipeline(options.preprocess)
+            outputs, errors = pipeline.run(column, options.batch_timeout_s)
+        else:
+            values = column.to_pylist()
+            outputs, errors = self.pipeline.run(values, self._decoder(options),
+                                                options.batch_timeout_s)
         if outputs is None:
-            outputs = np.zeros((len(values), 0), dtype=np.float32)
+            outputs = np.zeros((len(errors), 0), dtype=np.float32)
         return result_batch(outputs, errors, options.top_k, options.class_names)
+
+    def _device_pipeline(self, preprocess: Preprocess):
+        """One device pipeline per preprocessing (its crop size sets the batch's shape)."""
+        pipeline = self._device_pipelines.get(preprocess)
+        if pipeline is None:
+            from hybrid_infer.actor.gpu_decode import DevicePipeline
+
+            pipeline = self._device_pipelines.setdefault(preprocess, DevicePipeline(
+                self.runner, self.settings.batch_size, preprocess, self._cpu_pool,
+                decode_on_device=self.decode == "gpu", stats=self.stats))
+        return pipeline
 
     def _decoder(self, options: RequestOptions):
         key = options.input_shape or options.preprocess
@@ -99,6 +130,9 @@ class InferenceActor:
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
             "device": self.runner.device,
+            "decode": self.decode,
+            "batch_size": self.settings.batch_size,
+            "precision": self.settings.precision,
             "streams": self.streams,
             "threads_per_stream": self.stream_threads,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -111,6 +145,16 @@ class InferenceActor:
             "rows": stats.rows,
             "decode_errors": stats.decode_errors,
             "split_retries": stats.split_retries,
+            "cpu_decoded_rows": stats.cpu_decoded_rows,
+            "device_decode_failures": stats.device_decode_failures,
             "model_seconds": round(stats.model_seconds, 3),
             "last_used": stats.last_used,
         }
+
+
+def _decode_path(decode: str, device: str) -> str:
+    """Which decode path an actor on `device` runs for PoolSettings.decode."""
+    if decode == "gpu" or (decode == "auto" and device != "cpu"):
+        return "gpu"
+    return "cpu-uint8" if device != "cpu" else "cpu"
+

@@ -72,6 +72,8 @@ class PipelineStats:
     model_seconds: float = 0.0  # summed over streams: can exceed wall time
     split_retries: int = 0
     requests: int = 0
+    cpu_decoded_rows: int = 0        # device path: rows routed to the CPU decoder
+    device_decode_failures: int = 0  # device path: rows the device decoder refused
     last_used: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -93,13 +95,13 @@ class InferencePipeline:
 
     def __init__(self, run_model, batch_size: int, decode_threads: int = 2,
                  prefetch_batches: int = 2, streams: int = 1, stream_setup=None,
-                 decode_setup=None):
+                 decode_setup=None, stats: PipelineStats | None = None):
         self._run_model = run_model
         self.batch_size = batch_size
         self.streams = max(1, min(streams, batch_size))
         #: Rows one stream computes at once: the streams share the batch.
         self.stream_rows = -(-batch_size // self.streams)
-        self.stats = PipelineStats()
+        self.stats = stats or PipelineStats()
         self._decode_pool = ThreadPoolExecutor(max(1, decode_threads),
                                                thread_name_prefix="decode",
                                                initializer=decode_setup)
@@ -176,25 +178,33 @@ class InferencePipeline:
             self._infer_items(items)
 
     def _infer_items(self, items: list) -> None:
-        started = time.perf_counter()
-        try:
-            outputs = self._run_model([tensor for _, _, tensor in items])
-        except Exception as exc:
-            if len(items) > 1:
-                self.stats.add(split_retries=1)
-                middle = len(items) // 2
-                self._infer_items(items[:middle])
-                self._infer_items(items[middle:])
-            else:
-                request, index, _ = items[0]
-                request.set_error(index, failure_reason(exc))
-            return
-        self.stats.add(model_seconds=time.perf_counter() - started, batches=1,
-                       rows=len(items))
-        by_request: dict[int, tuple[_Request, list[int], list[int]]] = {}
-        for position, (request, index, _) in enumerate(items):
-            entry = by_request.setdefault(id(request), (request, [], []))
-            entry[1].append(index)
-            entry[2].append(position)
-        for request, indices, positions in by_request.values():
-            request.set_outputs(indices, outputs[positions])
+        infer_split(self._run_model, items, [tensor for _, _, tensor in items], self.stats,
+                    lambda inputs, lo, hi: inputs[lo:hi])
+
+
+def infer_split(run_model, items: list, inputs, stats: PipelineStats, take) -> None:
+    """run_model(inputs) for rows items = [(request, index, ...)]; on failure split the
+    rows in halves (take(inputs, lo, hi)) down to single rows, whose reason is the error.
+    Each row's outputs go back to its request."""
+    started = time.perf_counter()
+    try:
+        outputs = run_model(inputs)
+    except Exception as exc:
+        if len(items) > 1:
+            stats.add(split_retries=1)
+            middle = len(items) // 2
+            infer_split(run_model, items[:middle], take(inputs, 0, middle), stats, take)
+            infer_split(run_model, items[middle:], take(inputs, middle, len(items)), stats,
+                        take)
+        else:
+            request, index = items[0][0], items[0][1]
+            request.set_error(index, failure_reason(exc))
+        return
+    stats.add(model_seconds=time.perf_counter() - started, batches=1, rows=len(items))
+    by_request: dict[int, tuple[_Request, list[int], list[int]]] = {}
+    for position, item in enumerate(items):
+        entry = by_request.setdefault(id(item[0]), (item[0], [], []))
+        entry[1].append(item[1])
+        entry[2].append(position)
+    for request, indices, positions in by_request.values():
+        request.set_outputs(indices, outputs[positions])

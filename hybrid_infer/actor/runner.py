@@ -82,6 +82,13 @@ class ModelRunner:
         self.module = module
         self._tap = LayerTap(module, embedding_layer) if embedding_layer else None
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        #: dtype the device pipeline normalises into: the autocast dtype on a GPU (the
+        #: first convolution would cast to it anyway), float32 otherwise.
+        self.input_dtype = (self._autocast_dtype if self._autocast_dtype is not None
+                            and self.device != "cpu" else torch.float32)
+        self._local = threading.local()  # per thread: pinned staging buffer, CUDA stream
+        #: A compiled module sees one batch shape only: short batches are padded to it.
+        self._pad_to = example_shape[0] if optimize == "compile" else None
         self.optimize_seconds = 0.0
         if optimize != "none":
             started = time.perf_counter()
@@ -92,7 +99,7 @@ class ModelRunner:
         """The module after a one-time optimisation, warmed up on an example batch."""
         import torch
 
-        example = torch.zeros(example_shape)
+        example = torch.zeros(example_shape, dtype=self.input_dtype)
         if optimize == "freeze":
             with warnings.catch_warnings(), torch.no_grad():
                 # TorchScript is deprecated in favour of torch.compile but still folds
@@ -126,16 +133,58 @@ class ModelRunner:
             raise BatchMemoryError(f"a batch of {len(tensors)} rows needs {needed} bytes, "
                                    f"over max_batch_bytes={self.max_batch_bytes}")
         try:
-            batch = torch.stack(tensors)
-            if self.device != "cpu":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            if self.device == "cpu":
+                return self.forward(torch.stack(tensors))
+            # One pinned staging buffer per thread, reused: no pin_memory() per batch.
+            # The previous copy out of it finished: forward() waited for its outputs.
+            staging = self._staging(len(tensors), tensors[0].shape, tensors[0].dtype)
+            torch.stack(tensors, out=staging)
+            with torch.cuda.stream(self.stream()):
+                batch = staging.to(self.device, non_blocking=True)
+            return self.forward(batch)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the smaller retries the memory back
+            raise
+
+    def _staging(self, rows: int, shape, dtype):
+        import torch
+
+        buffer = getattr(self._local, "staging", None)
+        if buffer is None or buffer.shape[1:] != shape or buffer.dtype != dtype \
+                or buffer.shape[0] < rows:
+            buffer = torch.empty((max(rows, self._pad_to or 0), *shape),
+                                 dtype=dtype).pin_memory()
+            self._local.staging = buffer
+        return buffer[:rows]
+
+    def stream(self):
+        """This thread's own CUDA stream (None on CPU): model threads and decode threads
+        each queue work on their own stream, so decoding overlaps the forward pass."""
+        import torch
+
+        if self.device == "cpu":
+            return None
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        return stream
+
+    def forward(self, batch) -> np.ndarray:
+        """The module on an NCHW batch on this runner's device (input_dtype for the device
+        pipeline), run on this thread's stream: the batch must be ready for it (made on
+        it, or its stream synchronised). float32 NumPy outputs, waited for."""
+        import torch
+
+        rows = batch.shape[0]
+        stream = self.stream()
+        with (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+            if self._pad_to is not None and rows < self._pad_to:
+                pad = batch.new_zeros((self._pad_to - rows, *batch.shape[1:]))
+                batch = torch.cat([batch, pad])
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
                 output = self.module(batch)
                 if self._tap is not None:
                     output = self._tap.take()
-            return output.float().cpu().numpy()
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()  # give the smaller retries the memory back
-            raise
+            return output[:rows].float().cpu().numpy()

@@ -73,8 +73,10 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options, actor=None
 
     actor = actor or ActorSettings()
     check_udf_settings(actor)
-    batch_size, embedding_layer = actor.batch_size, actor.embedding_layer
-    requested_device, precision, threads = actor.device, actor.precision, actor.torch_threads
+    # The recipe's batch and precision stay the CPU defaults unless given (no GPU tuning).
+    batch_size = actor.for_device("cpu").batch_size
+    embedding_layer, precision = actor.embedding_layer, actor.precision or "fp32"
+    requested_device, threads = actor.device, actor.torch_threads
 
     spark = df.sparkSession
     state_dict = spark.sparkContext.broadcast(spec.load_state_dict())

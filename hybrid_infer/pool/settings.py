@@ -29,6 +29,13 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: One-time model optimisations a long-lived actor can afford (see actor/runner.py).
 OPTIMIZATIONS = ("none", "freeze", "compile")
+#: Where an actor decodes images (see actor/gpu_decode.py): "gpu" decodes JPEGs on the
+#: actor's device (nvJPEG), "cpu" with PIL, "auto" on the GPU when the actor has one.
+DECODES = ("auto", "gpu", "cpu")
+#: Defaults resolved per device (ActorSettings.for_device): a GPU needs large batches
+#: (ResNet-50 at batch 32 reaches 31% of batch 256 on an H200) and bf16 + channels_last.
+DEVICE_DEFAULTS = {"cpu": {"batch_size": 32, "precision": "fp32", "channels_last": False},
+                   "cuda": {"batch_size": 256, "precision": "bf16", "channels_last": True}}
 
 
 def _at_least(owner, minimum, *names: str, optional: bool = False) -> None:
@@ -49,6 +56,12 @@ def _positive(owner, *names: str) -> None:
 class ActorSettings:
     """What and how each actor computes: every field is part of the pool key.
 
+    batch_size, precision, channels_last: None means the device's default
+    (DEVICE_DEFAULTS: 32 / fp32 on CPU; 256 / bf16 + channels_last on CUDA).
+    decode: "auto" (on the GPU when the actor has one, else today's CPU decode), "gpu"
+    (JPEGs decoded batched on the actor's device; on a CPU actor torchvision's CPU
+    decoder stands in for nvJPEG), or "cpu" (PIL; on a GPU actor in worker processes,
+    sending uint8 to the GPU).
     batch_size: rows an actor computes at once, shared by its streams.
     device: "auto" (a GPU when the actor has one), "cpu" or "cuda".
     precision: autocast dtype ("fp32" disables autocast).
@@ -69,20 +82,21 @@ class ActorSettings:
     the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
     """
 
-    batch_size: int = 32
+    batch_size: int | None = None
     device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str | None = None
+    channels_last: bool | None = None
     optimize: str = "none"
     torch_threads: int | None = None
     streams: int | None = None
     decode_threads: int = 2
     max_batch_bytes: int | None = None
     embedding_layer: str | None = None
+    decode: str = "auto"
 
     def __post_init__(self):
-        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS),
-                              ("optimize", OPTIMIZATIONS)):
+        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS + (None,)),
+                              ("optimize", OPTIMIZATIONS), ("decode", DECODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigurationError(
                     f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -90,23 +104,35 @@ class ActorSettings:
             raise ConfigurationError(
                 "optimize='freeze' drops the hook that reads embedding_layer: use "
                 "optimize='none' or 'compile' for embeddings")
-        if self.optimize == "freeze" and self.precision != "fp32":
+        if self.optimize == "freeze" and self.precision not in (None, "fp32"):
             raise ConfigurationError(
                 "optimize='freeze' runs in fp32 only (TorchScript does not trace autocast): "
                 "use precision='fp32', or optimize='compile' for bf16/fp16")
-        _at_least(self, 1, "batch_size", "decode_threads")
-        _at_least(self, 1, "torch_threads", "streams", "max_batch_bytes", optional=True)
+        _at_least(self, 1, "decode_threads")
+        _at_least(self, 1, "batch_size", "torch_threads", "streams", "max_batch_bytes",
+                  optional=True)
         if self.streams is not None and self.streams > 1 and self.optimize == "compile":
             raise ConfigurationError(
                 "optimize='compile' runs one stream per actor (a torch.compile'd module is "
                 "not safe to call from several threads): leave streams unset or use 1")
+
+    def for_device(self, device: str) -> "ActorSettings":
+        """These settings with the defaults left as None resolved for `device` ("cpu" or
+        "cuda..."); optimize="freeze" keeps fp32."""
+        defaults = dict(DEVICE_DEFAULTS["cpu" if device == "cpu" else "cuda"])
+        if self.optimize == "freeze":
+            defaults["precision"] = "fp32"
+        resolved = {name: value for name, value in defaults.items()
+                    if getattr(self, name) is None}
+        return replace(self, **resolved) if resolved else self
 
     def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
         """(streams, torch threads per stream) for an actor on `device` with `threads`."""
         streams = self.streams
         if streams is None:
             streams = threads if device == "cpu" and self.optimize != "compile" else 1
-        streams = max(1, min(streams, self.batch_size))
+        batch_size = self.for_device(device).batch_size
+        streams = max(1, min(streams, batch_size))
         return streams, max(1, threads // streams)
 
 
