@@ -65,9 +65,9 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
         from hybrid_infer.pool.registry import Pool
         from hybrid_infer.runtime import connect_ray
 
-        gcs_address, _ = connect_ray(ray_address)
-        warm_pool = Pool.get_or_create(spec, settings)
-        stream = dict(pool=warm_pool, input_col=input_col, id_cols=id_cols, options=options,
+        connect_ray(ray_address)  # the driver joins Ray; its tasks only speak Flight
+        address = Pool.get_or_create(spec, settings).address()
+        stream = dict(address=address, input_col=input_col, id_cols=id_cols, options=options,
                       rows_per_batch=rows_per_batch, max_in_flight=settings.max_in_flight,
                       timeout_s=settings.batch_timeout_s)
         if mode == "raydp":
@@ -77,7 +77,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
         else:
             from hybrid_infer.modes.hybrid import run_hybrid
 
-            result = run_hybrid(df, ray_address=gcs_address, **stream)
+            result = run_hybrid(df, **stream)
     return _stop_on_first_error(result, id_cols) if fail_fast else result
 
 

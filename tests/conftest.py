@@ -21,15 +21,32 @@ TEST_MODEL = "resnet18"
 TEST_BATCH = 8
 N_IMAGES = 24
 
-# Every process of the test session (this one, Spark's Python workers, the Ray head,
-# second drivers) shares these: loopback addresses and one token for Ray's token auth.
+# The processes that join the test Ray cluster (the head, this test driver, second
+# drivers the tests start) get these explicitly: loopback addresses and one token for
+# Ray's token auth. Spark's JVM and Python workers do NOT get the token: Spark tasks
+# reach pools over Arrow Flight, as a user's would, with no Ray token.
 RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32),
 }
-os.environ.update(RAY_ENV)
+#: Only the token is withheld from this process's environment between Ray calls.
+os.environ.update({k: v for k, v in RAY_ENV.items() if k != "RAY_AUTH_TOKEN"})
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def driver_env(**extra) -> dict:
+    """The environment of a second driver process: joins the test Ray cluster."""
+    return {**os.environ, **RAY_ENV, **extra}
+
+
+def clean_env(**extra) -> dict:
+    """A user's environment: no RAY_* variable at all (no token, nothing by hand)."""
+    return {**{k: v for k, v in os.environ.items()
+               if not k.startswith("RAY_") and k not in ("PYSPARK_PYTHON",
+                                                          "PYSPARK_GATEWAY_PORT")},
+            **extra}
 
 
 def free_port() -> int:
@@ -62,7 +79,13 @@ def ray_address(tmp_path_factory):
 
     from hybrid_infer.runtime import connect_ray
 
-    connect_ray(address)
+    # This test driver joins with the token; it leaves the environment right after, so
+    # the Spark JVM started later (and its Python workers) never inherit it.
+    os.environ["RAY_AUTH_TOKEN"] = RAY_ENV["RAY_AUTH_TOKEN"]
+    try:
+        connect_ray(address)
+    finally:
+        os.environ.pop("RAY_AUTH_TOKEN", None)
     yield address
     ray.shutdown()
     os.killpg(head.pid, signal.SIGTERM)
@@ -89,6 +112,7 @@ def _wait_for_port(port: int, process, timeout: float = 60) -> None:
 def spark():
     from hybrid_infer.runtime import start_spark
 
+    assert "RAY_AUTH_TOKEN" not in os.environ  # Spark's workers must not need Ray's token
     session, _ = start_spark("local[2]")
     yield session
     session.stop()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.decode import ArrayDecoder, ImageDecoder, Preprocess
 from hybrid_infer.output import result_batch
 
@@ -30,8 +31,9 @@ class RequestOptions:
     class_names: tuple[str, ...] | None = None
 
 
-class InferenceActor:
-    """Wrapped with ray.remote by the registry; plain class so it can be read and tested."""
+class InferenceActor(PoolActor):
+    """Wrapped with ray.remote by the registry; plain class so it can be read and tested.
+    Its Flight service, ping and status come from PoolActor."""
 
     def __init__(self, spec, weights, settings, pool_name: str, index: int):
         import torch
@@ -67,8 +69,9 @@ class InferenceActor:
         self.load_seconds = time.time() - started
         self.started_at = started
 
-    def infer(self, batch: pa.RecordBatch, options: RequestOptions = RequestOptions()):
+    def infer(self, batch: pa.RecordBatch, options: RequestOptions | None = None):
         """Predict for every row of a one-column batch of bytes; same row count back."""
+        options = options or RequestOptions()
         decoder = self._decoder(options)
         values = batch.column(0).to_pylist()
         outputs, errors = self.pipeline.run(values, decoder, self.settings.batch_timeout_s)
@@ -83,25 +86,12 @@ class InferenceActor:
                                    else ImageDecoder(options.preprocess))
         return self._decoders[key]
 
-    def ping(self) -> bool:
-        return True
-
-    def status(self) -> dict:
-        import ray
-
-        context = ray.get_runtime_context()
+    def stats(self) -> dict:
         stats = self.pipeline.stats
         return {
-            "index": self.index,
-            "actor_id": context.get_actor_id(),
-            "node_id": context.get_node_id(),
-            "pid": os.getpid(),
             "device": self.runner.device,
             "streams": self.streams,
             "threads_per_stream": self.stream_threads,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "model_loads": self.model_loads,
-            "load_seconds": round(self.load_seconds, 3),
             "optimize": self.runner.optimize,
             "optimize_seconds": round(self.runner.optimize_seconds, 3),
             "requests": stats.requests,

@@ -40,6 +40,9 @@ class PoolSettings:
     actor its own copy of the (folded) weights instead of the shared object-store copy.
     embedding_layer: return this layer's output (flattened) as `prediction` instead of
     the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
+    tls_cert, tls_key: PEM files (readable at these paths on every Ray node) for the
+    pool's Arrow Flight services: Spark tasks then reach it over TLS, checking this
+    certificate (None: plain gRPC; every call still carries the pool's token).
     """
 
     num_actors: int | None = None
@@ -59,6 +62,8 @@ class PoolSettings:
     start_timeout_s: float = 300.0
     max_batch_bytes: int | None = None
     embedding_layer: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -91,6 +96,8 @@ class PoolSettings:
             raise ConfigurationError(
                 "optimize='compile' runs one stream per actor (a torch.compile'd module is "
                 "not safe to call from several threads): leave streams unset or use 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigurationError("TLS needs both tls_cert and tls_key (PEM files)")
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 

@@ -198,6 +198,8 @@ class PoolClient:
         window: deque[_Item] = deque()
         try:
             for batch in batches:
+                if not self._streams:
+                    self._open_all()
                 while len(window) >= self._max_in_flight * max(1, len(self._live())):
                     yield self._collect(window.popleft())
                 item = _Item(batch)
@@ -215,6 +217,18 @@ class PoolClient:
         self._refresher.shutdown(wait=False, cancel_futures=True)
 
     # -- sending -------------------------------------------------------------------------
+    def _open_all(self) -> None:
+        """Open a stream to every live actor before the first batch, so the first batches
+        leave back to back (an actor gets its share together and batches it together)."""
+        for uri in self._live():
+            try:
+                self._streams[uri] = _Stream(uri, self._address, self._header,
+                                             self._connect_timeout_s)
+            except PoolError:
+                raise
+            except (_Unreachable, flight.FlightError, pa.ArrowException, OSError) as exc:
+                self._lose(uri, exc)
+
     def _live(self) -> list[str]:
         return [uri for uri in self._endpoints if uri not in self._dead]
 
