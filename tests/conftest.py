@@ -42,11 +42,13 @@ def driver_env(**extra) -> dict:
 
 
 def clean_env(**extra) -> dict:
-    """A user's environment: no RAY_* variable at all (no token, nothing by hand)."""
-    return {**{k: v for k, v in os.environ.items()
-               if not k.startswith("RAY_") and k not in ("PYSPARK_PYTHON",
-                                                          "PYSPARK_GATEWAY_PORT")},
-            **extra}
+    """A user's shell with the venv activated: no RAY_* variable at all (no token),
+    nothing else set by hand."""
+    venv_bin = os.path.dirname(sys.executable)
+    kept = {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAY_", "PYSPARK_", "SPARK_")) and k != "PYTHONPATH"}
+    return {**kept, "PATH": venv_bin + os.pathsep + kept.get("PATH", ""),
+            "VIRTUAL_ENV": os.path.dirname(venv_bin), **extra}
 
 
 def free_port() -> int:

@@ -57,6 +57,8 @@ class PoolActor:
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
             "endpoint": self._service.uri if self._service else None,
+            # most request batches this actor held at once (the clients' windows bound it)
+            "held_batches_peak": self._service.held_peak if self._service else 0,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model_loads": self.model_loads,
             "load_seconds": round(self.load_seconds, 3),

@@ -72,6 +72,9 @@ class FlightService(flight.FlightServerBase):
         self._handler = handler
         self._actions = {"ping": lambda body: b"ok", **(actions or {})}
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="flight-infer")
+        self._held_lock = threading.Lock()
+        self.held = 0  # request batches received and not answered yet, all streams
+        self.held_peak = 0
 
     # -- DoExchange: request batches in, result batches out, in order -------------------
     def do_exchange(self, context, descriptor, reader, writer):
@@ -90,7 +93,7 @@ class FlightService(flight.FlightServerBase):
         try:
             while True:
                 chunk = reader.read_chunk()
-                answers.put(self._executor.submit(serve, chunk.data))
+                answers.put(self._executor.submit(self._held, serve, chunk.data))
         except StopIteration:
             pass
         except Exception as exc:  # the client went away: nothing left to answer
@@ -98,6 +101,16 @@ class FlightService(flight.FlightServerBase):
         finally:
             answers.put(None)
             writing.join()
+
+    def _held(self, serve, batch):
+        with self._held_lock:
+            self.held += 1
+            self.held_peak = max(self.held_peak, self.held)
+        try:
+            return serve(batch)
+        finally:
+            with self._held_lock:
+                self.held -= 1
 
     @staticmethod
     def _answer(answers: queue.Queue, writer) -> None:
