@@ -58,7 +58,8 @@ README_AND_INFER = """
     from hybrid_infer import PoolSettings, infer, read_images
     from hybrid_infer.ml import HybridInferenceModel
 
-    settings = PoolSettings(num_actors=1, batch_size=8, torch_threads=1)
+    # the Transformer below asks for the same pool settings: it reuses this warm pool
+    settings = PoolSettings(num_actors=1, batch_size=8)
     images = read_images(spark, sys.argv[1])
     rows = infer(images, "mobilenet_v3_small", pool=settings).collect()
     stage = HybridInferenceModel(inputCol="content", outputCol="logits",
@@ -76,6 +77,7 @@ README_AND_INFER = """
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_readme_udf_infer_and_transformer_on_the_users_own_session(tmp_path, image_dir):
     result, seconds = run_script(tmp_path, README_AND_INFER, image_dir)
     assert result["doubled"] == [[i, 2.0 * i] for i in range(100)]
@@ -132,6 +134,7 @@ DOCUMENTED_CASES = """
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_pyspark_documented_predict_batch_udf_cases_on_the_users_session(tmp_path):
     result, seconds = run_script(tmp_path, DOCUMENTED_CASES, HERE)
     assert result["checks"] >= 15
@@ -184,6 +187,7 @@ NO_RAY_EXECUTORS = """
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_executors_whose_python_has_no_ray_get_their_predictions(tmp_path, image_dir):
     blocker = tmp_path / "no_ray"
     (blocker / "ray").mkdir(parents=True)
@@ -229,6 +233,7 @@ SUBMITTED = """
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_spark_submit_driver(tmp_path, image_dir):
     submit = [os.path.join(BIN, "spark-submit"), "--master", "local[2]"]
     result, _ = run_script(tmp_path, SUBMITTED, image_dir, launcher=submit)
