@@ -34,7 +34,7 @@ def cluster_logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spark_cluster(cluster_logs):
-    cluster = start_spark_standalone(cluster_logs, workers=2, cores=1)
+    cluster = start_spark_standalone(cluster_logs, workers=2, cores=1, ray_token=False)
     yield cluster
     cluster.processes.stop()
 
