@@ -96,17 +96,14 @@ DOCUMENTED_CASES = """
     spark = SparkSession.builder.master("local[2]").getOrCreate()   # the user's, first
     from pyspark.sql.functions import array
     import test_predict_batch_udf as cases
+    from hybrid_infer import PoolSettings
 
+    # every case's pool fits beside the others on the embedded Ray's 2 CPUs
+    cases.POOL = PoolSettings(num_actors=1, num_cpus_per_actor=0.1)
     started = time.perf_counter()
     scalar_df = cases.scalar_df.__wrapped__(spark, None)
     abcd_df = cases.abcd_df.__wrapped__(spark, None)
     tensor_df = cases.tensor_df.__wrapped__(spark, None)
-    from hybrid_infer.pool.registry import Pool
-
-    def stop_pools():
-        for name in Pool.names():
-            Pool.get(name).stop()
-
     checks = 0
     for name in dir(cases):
         if not name.startswith("test_") or name in ("test_batches_never_exceed_batch_size",
@@ -123,11 +120,9 @@ DOCUMENTED_CASES = """
         else:
             test(*[fixtures[p] for p in params])
             checks += 1
-        stop_pools()
     for message in cases.ERROR_CASES:
         cases.test_same_validation_errors(spark, None, message)
         checks += 1
-        stop_pools()
     print("RESULT" + json.dumps({"checks": checks,
                                  "seconds": round(time.perf_counter() - started, 1)}))
 """
@@ -136,11 +131,11 @@ DOCUMENTED_CASES = """
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_pyspark_documented_predict_batch_udf_cases_on_the_users_session(tmp_path):
-    result, seconds = run_script(tmp_path, DOCUMENTED_CASES, HERE)
+    result, seconds = run_script(tmp_path, DOCUMENTED_CASES, HERE, timeout=1100)
+    print(f"FIGURES documented_cases checks={result['checks']} cases_s={result['seconds']} "
+          f"script_s={seconds:.1f} load_avg={os.getloadavg()[0]:.0f}")
     assert result["checks"] >= 15
     assert result["seconds"] < 120, result
-    print(f"FIGURES documented_cases checks={result['checks']} cases_s={result['seconds']} "
-          f"script_s={seconds:.1f}")
 
 
 NO_RAY_EXECUTORS = """
