@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
 
-def run_script(tmp_path, code: str, *args, timeout: float = 600, launcher=None, env=None):
+def run_script(tmp_path, code: str, *args, timeout: float = 1100, launcher=None, env=None):
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(code))
     command = (launcher or [sys.executable]) + [str(script), *map(str, args)]
@@ -31,8 +31,17 @@ def run_script(tmp_path, code: str, *args, timeout: float = 600, launcher=None, 
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env=env or clean_env(), cwd=str(tmp_path))
     seconds = time.perf_counter() - started
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-5000:])
+    (tmp_path / "stdout.txt").write_text(done.stdout)
+    (tmp_path / "stderr.txt").write_text(done.stderr)
+    assert done.returncode == 0, _failure(done)
     return json.loads(done.stdout.split("RESULT", 1)[1].splitlines()[0]), seconds
+
+
+def _failure(done) -> str:
+    """The Python errors of a failed script (Spark's and Ray's logs drown them)."""
+    lines = (done.stdout + done.stderr).splitlines()
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return "\n".join(errors[-25:]) + "\n---\n" + "\n".join(lines[-15:])
 
 
 README_AND_INFER = """
@@ -144,8 +153,8 @@ NO_RAY_EXECUTORS = """
     from pyspark.sql import SparkSession
     from pyspark.sql.types import FloatType
 
-    spark = (SparkSession.builder.master("local[2]")
-             .config("spark.pyspark.python", sys.argv[2]).getOrCreate())
+    # PYSPARK_PYTHON (set for this script) names the executors' Python: a wrapper
+    spark = SparkSession.builder.master("local[2]").getOrCreate()
 
     def try_ray(batches):
         import os
@@ -195,7 +204,8 @@ def test_executors_whose_python_has_no_ray_get_their_predictions(tmp_path, image
                        f"export PYTHONPATH={blocker}${{PYTHONPATH:+:$PYTHONPATH}}\n"
                        f"exec {sys.executable} \"$@\"\n")
     wrapper.chmod(0o755)
-    result, _ = run_script(tmp_path, NO_RAY_EXECUTORS, image_dir, wrapper)
+    result, _ = run_script(tmp_path, NO_RAY_EXECUTORS, image_dir,
+                           env=clean_env(PYSPARK_PYTHON=str(wrapper)))
     assert result["probe"] == ["ImportError: Ray is not installed on this executor"]
     assert result["env"] == [""]  # no Ray token nor any RAY_* variable in the executors
     assert result["rows"] == len(os.listdir(image_dir)) and not result["errors"]
