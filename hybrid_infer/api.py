@@ -117,10 +117,10 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         from hybrid_infer.pool.registry import Pool
         from hybrid_infer.runtime import connect_ray
 
-        gcs_address, _ = connect_ray(ray_address)
-        warm_pool = Pool.get_or_create(spec, pool)
+        connect_ray(ray_address)  # the driver joins Ray; its tasks only speak Flight
+        address = Pool.get_or_create(spec, pool).address()
         client = pool.client  # this job's, whoever started the pool
-        stream = dict(pool=warm_pool, input_col=input_col, id_cols=id_cols, options=options,
+        stream = dict(address=address, input_col=input_col, id_cols=id_cols, options=options,
                       rows_per_batch=client.rows_per_batch,
                       max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s)
         if mode == "raydp":
@@ -130,7 +130,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         else:
             from hybrid_infer.modes.hybrid import run_hybrid
 
-            result = run_hybrid(df, ray_address=gcs_address, **stream)
+            result = run_hybrid(df, **stream)
     return _stop_on_first_error(result, id_cols) if job.fail_fast else result
 
 

@@ -24,8 +24,9 @@ from pyspark.ml.functions import (
 
 from hybrid_infer.actor.predict_fn import PredictFnSpec, PredictRequest
 from hybrid_infer.pool.settings import PoolSettings
+from hybrid_infer.transport.protocol import batch_object, encode_header, object_batch
 
-# One Ray round trip per Spark Python worker and pool for the predict fn's signature.
+# The predict function's parameter names, per pool (asked once per driver process).
 _PARAMETER_NAMES: dict[str, list[str]] = {}
 
 
@@ -49,13 +50,14 @@ def predict_batch_udf(
     UDF's tasks (max_in_flight, batch_timeout_s); batch_size always comes from the
     argument above.
     ray_address: the Ray cluster to use (default: the connected one, else a local one).
+
+    The driver joins Ray and starts the pool now; Spark tasks reach it over Arrow Flight
+    with no Ray. Each time the returned UDF is applied to columns (on the driver), the
+    pool is found again, or started again if it stopped since (idle timeout, `pool stop`).
     """
     from pyspark import cloudpickle
-    from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import DataType
 
-    from hybrid_infer.modes.hybrid import join_ray
-    from hybrid_infer.pool.registry import Pool
     from hybrid_infer.runtime import connect_ray
 
     type_text = return_type.json() if isinstance(return_type, DataType) else str(return_type)
@@ -65,19 +67,46 @@ def predict_batch_udf(
         f"input_tensor_shapes={input_tensor_shapes!r} input_names={input_names!r}",
     )
     settings = (pool or PoolSettings()).replace(batch_size=batch_size)
-    gcs_address, _ = connect_ray(ray_address)
-    Pool.get_or_create(spec, settings)  # warm the pool now, not in the first task
+    connect_ray(ray_address)
+    made: dict = {}
+
+    def pandas_udf_now():
+        """The pandas UDF bound to the pool's current address (started if stopped)."""
+        from hybrid_infer.pool.registry import Pool
+
+        address = Pool.get_or_create(spec, settings).address()
+        if address not in made:
+            num_inputs = len(input_names) if input_names else \
+                len(_parameter_names(Pool.get(address.pool_name)))
+            made.clear()
+            made[address] = _pandas_udf(address, settings, num_inputs, return_type,
+                                        batch_size, input_tensor_shapes, input_names)
+        return made[address]
+
+    first = pandas_udf_now()  # warm the pool now, not in the first task
+
+    def udf(*cols):
+        return pandas_udf_now()(*cols)
+
+    for name in ("func", "returnType", "evalType", "deterministic", "asNondeterministic",
+                 "__doc__"):
+        setattr(udf, name, getattr(first, name))
+    return udf
+
+
+def _pandas_udf(address, settings: PoolSettings, num_expected_cols: int, return_type,
+                batch_size: int, input_tensor_shapes, input_names):
+    """The pandas UDF Spark runs: PySpark's input conversion and output checks around a
+    PoolClient streaming each batch (pickled NumPy inputs, one per Arrow row)."""
+    from pyspark.sql.functions import pandas_udf
+
+    input_shapes = _dense_shapes(input_tensor_shapes, num_expected_cols)
+    header = encode_header("infer")
     max_in_flight, timeout_s = settings.client.max_in_flight, settings.client.batch_timeout_s
 
     def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
-        from hybrid_infer.pool.dispatch import Dispatcher
+        from hybrid_infer.transport.client import PoolClient
 
-        join_ray(gcs_address)
-        # get_or_create, not get: a pool stopped since (idle timeout, `pool stop`) comes back.
-        warm_pool = Pool.get_or_create(spec, settings)
-        num_expected_cols = len(input_names) if input_names else \
-            len(_parameter_names(warm_pool))
-        input_shapes = _dense_shapes(input_tensor_shapes, num_expected_cols)
         row_counts: deque[int] = deque()
 
         def requests():
@@ -92,13 +121,12 @@ def predict_batch_udf(
                     if input_names:
                         inputs = [dict(zip(input_names, inputs))]
                     row_counts.append(len(batch))
-                    yield PredictRequest(tuple(inputs), len(batch))
+                    yield object_batch(PredictRequest(tuple(inputs), len(batch)))
 
-        dispatcher = Dispatcher(warm_pool, None, max_in_flight=max_in_flight,
-                                timeout_s=timeout_s)
-        for preds in dispatcher.map(requests()):
-            yield _validate_and_transform_prediction_result(preds, row_counts.popleft(),
-                                                            return_type)
+        client = PoolClient(address, header, max_in_flight=max_in_flight, timeout_s=timeout_s)
+        for answer in client.map(requests()):
+            yield _validate_and_transform_prediction_result(batch_object(answer),
+                                                            row_counts.popleft(), return_type)
 
     return pandas_udf(predict, return_type)
 

@@ -123,11 +123,17 @@ class SparkStandalone:
 
 
 def start_spark_standalone(log_dir: str, workers: int = 2, cores: int = 1,
-                           memory: str = "1g") -> SparkStandalone:
-    """`spark-class ...Master` plus `workers` x `spark-class ...Worker`, on loopback."""
+                           memory: str = "1g", ray_token: bool = True) -> SparkStandalone:
+    """`spark-class ...Master` plus `workers` x `spark-class ...Worker`, on loopback.
+
+    ray_token=False: the Spark machines hold no Ray token (their executors reach pools
+    over Arrow Flight); Ray on Spark, which starts Ray nodes in Spark tasks, needs it.
+    """
     processes = _Processes(log_dir)
     spark_class = os.path.join(SPARK_HOME, "bin", "spark-class")
     env = node_env(SPARK_NO_DAEMONIZE="1")
+    if not ray_token:
+        env.pop("RAY_AUTH_TOKEN", None)
     port, ui_port = free_port(), free_port()
     processes.start("spark-master", [
         spark_class, "org.apache.spark.deploy.master.Master",

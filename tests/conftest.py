@@ -21,15 +21,33 @@ TEST_MODEL = "resnet18"
 TEST_BATCH = 8
 N_IMAGES = 24
 
-# Every process of the test session (this one, Spark's Python workers, the Ray head,
-# second drivers) shares these: loopback addresses and one token for Ray's token auth.
+# The processes that join the test Ray cluster (the head, this test driver, second
+# drivers the tests start) get these explicitly: loopback addresses and one token for
+# Ray's token auth. Spark's JVM and Python workers do NOT get the token: Spark tasks
+# reach pools over Arrow Flight, as a user's would, with no Ray token. (One token per
+# test session: every import of this module, in the tests' driver subprocesses too,
+# finds it under a name Ray does not read.)
+_TOKEN = (os.environ.get("HYBRID_INFER_TEST_RAY_TOKEN") or os.environ.get("RAY_AUTH_TOKEN")
+          or secrets.token_hex(32))
+os.environ["HYBRID_INFER_TEST_RAY_TOKEN"] = _TOKEN
 RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",
-    "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32),
+    "RAY_AUTH_TOKEN": _TOKEN,
 }
-os.environ.update(RAY_ENV)
+os.environ.update({k: v for k, v in RAY_ENV.items() if k != "RAY_AUTH_TOKEN"})
+
+
+def clean_env(**extra) -> dict:
+    """A user's shell with the venv activated: no RAY_* variable at all (no token),
+    nothing else set by hand."""
+    venv_bin = os.path.dirname(sys.executable)
+    kept = {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAY_", "PYSPARK_", "SPARK_"))
+            and k not in ("PYTHONPATH", "HYBRID_INFER_TEST_RAY_TOKEN")}
+    return {**kept, "PATH": venv_bin + os.pathsep + kept.get("PATH", ""),
+            "VIRTUAL_ENV": os.path.dirname(venv_bin), **extra}
 
 
 def free_port() -> int:
@@ -62,7 +80,13 @@ def ray_address(tmp_path_factory):
 
     from hybrid_infer.runtime import connect_ray
 
-    connect_ray(address)
+    # This test driver joins with the token; it leaves the environment right after, so
+    # the Spark JVM started later (and its Python workers) never inherit it.
+    os.environ["RAY_AUTH_TOKEN"] = RAY_ENV["RAY_AUTH_TOKEN"]
+    try:
+        connect_ray(address)
+    finally:
+        os.environ.pop("RAY_AUTH_TOKEN", None)
     yield address
     ray.shutdown()
     os.killpg(head.pid, signal.SIGTERM)
@@ -89,7 +113,12 @@ def _wait_for_port(port: int, process, timeout: float = 60) -> None:
 def spark():
     from hybrid_infer.runtime import start_spark
 
-    session, _ = start_spark("local[2]")
+    token = os.environ.pop("RAY_AUTH_TOKEN", None)  # Spark's workers must not need it
+    try:
+        session, _ = start_spark("local[2]")
+    finally:
+        if token is not None:
+            os.environ["RAY_AUTH_TOKEN"] = token
     yield session
     session.stop()
 

@@ -34,7 +34,7 @@ def cluster_logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spark_cluster(cluster_logs):
-    cluster = start_spark_standalone(cluster_logs, workers=2, cores=1)
+    cluster = start_spark_standalone(cluster_logs, workers=2, cores=1, ray_token=False)
     yield cluster
     cluster.processes.stop()
 
@@ -58,7 +58,10 @@ def run_driver(*args: str, submit_to=None, timeout: float = 300) -> dict:
             spark_submit_argv(submit_to.master_url, free_port(), DRIVER, *args))
     result = subprocess.run(argv, env=node_env(), capture_output=True, text=True,
                             timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # Spark's INFO lines (shutdown hooks...) would push the error out of the message
+    errors = "\n".join(line for line in (result.stdout + result.stderr).splitlines()
+                       if " INFO " not in line)
+    assert result.returncode == 0, errors[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

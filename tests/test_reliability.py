@@ -169,15 +169,18 @@ def _noise_jpeg(seed: int, side: int = 420) -> bytes:
 
 
 @pytest.mark.slow
-def test_object_store_use_is_bounded_by_the_in_flight_window(spark, ray_address, small_pool):
-    # Rows of ~380 KB: each 2-row batch (~760 KB) goes through the object store
-    # (arguments over 100 KB are not inlined).
+def test_batches_held_by_the_pool_are_bounded_by_the_in_flight_window(spark, ray_address):
+    # Rows of ~380 KB, 2 per batch (~760 KB). Batches travel over Arrow Flight, straight
+    # to the actors: the object store never holds them, and each actor holds at most
+    # the windows of the tasks sending to it at once.
     values = {f"big-{i:03d}": _noise_jpeg(i) for i in range(48)}
     data_bytes = sum(len(v) for v in values.values())
     per_batch = 2 * max(len(v) for v in values.values())
-    # 2 Spark tasks x max_in_flight 1 x 2 actors batches at most
-    window_bytes = 2 * 1 * 2 * per_batch
-    settings = small_settings(max_in_flight=1)
+    tasks, window = 2, 1  # 2 Spark tasks (local[2]) x max_in_flight 1, per actor
+    window_bytes = tasks * window * 2 * per_batch
+    settings = small_settings(max_in_flight=window)
+    spec = ModelSpec(SMALL_MODEL, seed=3)  # a pool of its own: fresh high-water marks
+    pool = Pool.get_or_create(spec, settings)
     baseline = _object_store_used()
     peak = [baseline]
     stop = threading.Event()
@@ -190,18 +193,27 @@ def test_object_store_use_is_bounded_by_the_in_flight_window(spark, ray_address,
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        rows, _ = run_job(spark, ray_address, values, settings=settings)
+        started = time.perf_counter()
+        rows = infer(images_frame(spark, values), spec, pool=settings,
+                     preprocess=small_preprocess(), ray_address=ray_address,
+                     rows_per_batch=2).collect()
+        seconds = time.perf_counter() - started
+        status = pool.status()
     finally:
         stop.set()
         sampler.join()
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, small_preprocess())
+        pool.stop()
+    expected = reference_rows(spec, values, small_preprocess())
     report = assert_rows_exactly(rows, expected)
+    held = [actor["held_batches_peak"] for actor in status["actors"]]
     used = int(peak[0] - baseline)
-    figures("object_store_bound", **report, data_bytes=data_bytes, window_bytes=window_bytes,
-            peak_object_store_bytes_over_baseline=used)
-    assert used > 0, "the payloads never reached the object store: the test measures nothing"
+    figures("in_flight_bound", **report, data_bytes=data_bytes, window_bytes=window_bytes,
+            held_batches_peak=held, peak_object_store_bytes_over_baseline=used,
+            job_s=round(seconds, 1))
     assert data_bytes > 4 * window_bytes
-    assert used <= window_bytes * 1.5, (used, window_bytes)
+    assert status["rows"] == len(values) and all(h >= 1 for h in held), held
+    assert all(h <= tasks * window for h in held), (held, tasks * window)
+    assert used < per_batch, (used, per_batch)  # no payload went through the object store
 
 
 # -- 4. Spark task retries ---------------------------------------------------------------

@@ -27,7 +27,15 @@ CHANGED = {
     "num_actors": 3, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
     "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
     "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13,
+    "tls_cert": "pool.crt", "tls_key": "pool.key",
 }
+#: Settings that are only valid together: changing one changes the other too.
+TOGETHER = {"tls_cert": "tls_key", "tls_key": "tls_cert"}
+
+
+def _changed(name: str) -> dict:
+    other = TOGETHER.get(name)
+    return {name: CHANGED[name], **({other: CHANGED[other]} if other else {})}
 
 
 def _key(settings: PoolSettings) -> str:
@@ -42,13 +50,13 @@ def test_every_field_has_a_changed_value():
 
 @pytest.mark.parametrize("name", [f.name for f in fields(ActorSettings)])
 def test_every_actor_setting_changes_the_pool_key(name):
-    assert _key(PoolSettings(**{name: CHANGED[name]})) != _key(PoolSettings())
+    assert _key(PoolSettings(**_changed(name))) != _key(PoolSettings())
 
 
 @pytest.mark.parametrize("name", [f.name for f in fields(PlacementSettings)]
                          + [f.name for f in fields(ClientSettings)])
 def test_placement_and_client_settings_leave_the_pool_key_alone(name):
-    assert _key(PoolSettings(**{name: CHANGED[name]})) == _key(PoolSettings())
+    assert _key(PoolSettings(**_changed(name))) == _key(PoolSettings())
 
 
 def test_the_key_is_every_actor_field_and_nothing_else():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.decode import ArrayDecoder, ImageDecoder, Preprocess
 from hybrid_infer.output import result_batch
 
@@ -32,8 +33,9 @@ class RequestOptions:
     batch_timeout_s: float = 600.0
 
 
-class InferenceActor:
-    """Wrapped with ray.remote by the registry; plain class so it can be read and tested."""
+class InferenceActor(PoolActor):
+    """Wrapped with ray.remote by the registry; plain class so it can be read and tested.
+    Its Flight service, ping and status come from PoolActor."""
 
     def __init__(self, spec, weights, settings, pool_name: str, index: int):
         import torch
@@ -83,8 +85,9 @@ class InferenceActor:
         self.load_seconds = time.time() - started
         self.started_at = started
 
-    def infer(self, batch: pa.RecordBatch, options: RequestOptions = RequestOptions()):
+    def infer(self, batch: pa.RecordBatch, options: RequestOptions | None = None):
         """Predict for every row of a one-column batch of bytes; same row count back."""
+        options = options or RequestOptions()
         column = batch.column(0)
         if self.decode != "cpu" and options.input_shape is None and (
                 pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
@@ -116,28 +119,15 @@ class InferenceActor:
                                    else ImageDecoder(options.preprocess))
         return self._decoders[key]
 
-    def ping(self) -> bool:
-        return True
-
-    def status(self) -> dict:
-        import ray
-
-        context = ray.get_runtime_context()
+    def stats(self) -> dict:
         stats = self.pipeline.stats
         return {
-            "index": self.index,
-            "actor_id": context.get_actor_id(),
-            "node_id": context.get_node_id(),
-            "pid": os.getpid(),
             "device": self.runner.device,
             "decode": self.decode,
             "batch_size": self.settings.batch_size,
             "precision": self.settings.precision,
             "streams": self.streams,
             "threads_per_stream": self.stream_threads,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "model_loads": self.model_loads,
-            "load_seconds": round(self.load_seconds, 3),
             "optimize": self.runner.optimize,
             "optimize_seconds": round(self.runner.optimize_seconds, 3),
             "requests": stats.requests,

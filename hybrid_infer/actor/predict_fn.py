@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import threading
 import time
 from dataclasses import dataclass
 
+import pyarrow as pa
+
+from hybrid_infer.actor.service import PoolActor
+from hybrid_infer.servable import Servable
+from hybrid_infer.transport.protocol import OBJECT_SCHEMA, batch_object, object_batch
+
 
 @dataclass(frozen=True)
-class PredictFnSpec:
+class PredictFnSpec(Servable):
     """What a predict-function pool serves: the pickled `make_predict_fn` + UDF settings.
 
     settings_text is a canonical description of the UDF's settings (return type,
@@ -43,16 +48,22 @@ class PredictFnSpec:
     def identity(self) -> str:
         return f"predict_fn:{self.settings_text}"
 
-    # -- the registry's spec protocol ---------------------------------------------------
+    # -- the Servable contract: NumPy inputs and predictions travel pickled, one
+    # PredictRequest (one batch of batch_size rows at most) per Arrow row --------------
     def payload_digest(self) -> str:
         return self.digest
 
-    def pool_payload(self) -> bytes:
+    def build_payload(self) -> bytes:
         return self.pickled_make_predict_fn
 
-    @staticmethod
-    def actor_class():
+    def actor_class(self) -> type:
         return PredictFnActor
+
+    def request_schema(self, options=None) -> pa.Schema:
+        return OBJECT_SCHEMA
+
+    def response_schema(self, options=None) -> pa.Schema:
+        return OBJECT_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,9 @@ class PredictRequest:
     num_rows: int
 
 
-class PredictFnActor:
-    """Wrapped with ray.remote by the registry. Runs make_predict_fn once, at start."""
+class PredictFnActor(PoolActor):
+    """Wrapped with ray.remote by the registry. Runs make_predict_fn once, at start.
+    Its Flight service, ping and status come from PoolActor."""
 
     def __init__(self, spec: PredictFnSpec, payload: bytes, settings, pool_name: str,
                  index: int):
@@ -92,8 +104,11 @@ class PredictFnActor:
         """The predict function's parameters: their count picks single vs several inputs."""
         return list(inspect.signature(self.predict_fn).parameters)
 
+    def serve_batch(self, batch: pa.RecordBatch, options=None) -> pa.RecordBatch:
+        return object_batch(self.infer(batch_object(batch)))
+
     def infer(self, request: PredictRequest, options=None):
-        """predict_fn(*inputs) for one batch; the Dispatcher calls it like InferenceActor."""
+        """predict_fn(*inputs) for one batch."""
         with self._lock:
             started = time.perf_counter()
             self.requests += 1
@@ -106,21 +121,8 @@ class PredictFnActor:
                 self.max_batch_rows = max(self.max_batch_rows, request.num_rows)
                 self.last_used = time.time()
 
-    def ping(self) -> bool:
-        return True
-
-    def status(self) -> dict:
-        import ray
-
-        context = ray.get_runtime_context()
+    def stats(self) -> dict:
         return {
-            "index": self.index,
-            "actor_id": context.get_actor_id(),
-            "node_id": context.get_node_id(),
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "model_loads": self.model_loads,
-            "load_seconds": round(self.load_seconds, 3),
             "requests": self.requests,
             "batches": self.batches,
             "rows": self.rows,

@@ -7,10 +7,46 @@ or directory holds structure and weights (TorchScript, torch.export, MLflow).
 
 from __future__ import annotations
 
+import pyarrow as pa
+
+from hybrid_infer.servable import Servable
+
 RANDOM_WEIGHTS = "random"
 
 
-class CodeDefinedModel:
+class ImageModel(Servable):
+    """What every model source serves to a pool (the Servable contract): its weights
+    as arrays, built off the driver, served by InferenceActor; image bytes (or numeric
+    arrays with input_shape) in, the output contract's columns out."""
+
+    payload_off_driver = True
+
+    def payload_digest(self) -> str:
+        from hybrid_infer.weights import weights_digest
+
+        return weights_digest(self)
+
+    def build_payload(self) -> dict:
+        from hybrid_infer.weights import state_dict_to_arrays
+
+        return state_dict_to_arrays(self.load_state_dict())
+
+    def actor_class(self) -> type:
+        from hybrid_infer.actor.inference import InferenceActor
+
+        return InferenceActor
+
+    def request_schema(self, options) -> pa.Schema:
+        shaped = options is not None and options.input_shape is not None
+        return pa.schema([("content", pa.list_(pa.float32()) if shaped else pa.binary())])
+
+    def response_schema(self, options) -> pa.Schema:
+        from hybrid_infer.output import result_arrow_fields
+
+        return pa.schema(result_arrow_fields(options.top_k, options.class_names is not None))
+
+
+class CodeDefinedModel(ImageModel):
     """Needs `_construct()` and the fields `weights`, `seed`, `allow_pickle`."""
 
     def _construct(self):
@@ -43,7 +79,7 @@ class CodeDefinedModel:
         return module.eval()
 
 
-class FileDefinedModel:
+class FileDefinedModel(ImageModel):
     """Needs `_load()`, returning the whole module from the file."""
 
     def _load(self):

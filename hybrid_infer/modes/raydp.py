@@ -2,8 +2,8 @@
 
 `ray.data.from_spark` hands the DataFrame's partitions to Ray Data as Arrow blocks
 without leaving the Ray cluster; Ray Data tasks send each block's input column to the
-pool through the same Dispatcher as the hybrid mode (so the pool, its warm actors and
-its batching are shared with every other job), and `to_spark` turns the results
+pool over Arrow Flight with the same PoolClient as the hybrid mode (so the pool, its
+warm actors and its batching are shared with every other job), and `to_spark` turns the results
 back into a DataFrame of the RayDP session. Same output contract as every mode.
 """
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 import pyarrow as pa
 
 from hybrid_infer.errors import ConfigurationError
+from hybrid_infer.transport.protocol import PoolAddress, dumps_options, encode_header
 
 
 def is_raydp_session(spark) -> bool:
     return spark.sparkContext.master.startswith("ray")
 
 
-def run_raydp(df, *, pool, input_col: str, id_cols: list[str], options,
+def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], options,
               rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0):
     import ray
 
@@ -28,16 +29,14 @@ def run_raydp(df, *, pool, input_col: str, id_cols: list[str], options,
             "mode='raydp' needs a DataFrame of a RayDP Spark session (Spark on Ray): start "
             "it with hybrid_infer.runtime.start_raydp_spark() in a process that has not "
             "started a plain Spark session, or use mode='hybrid' on this session")
-    pool_name = pool.name
+    header = encode_header("infer", dumps_options(options))  # once, on the driver
 
     def infer_block(table: pa.Table) -> pa.Table:
-        from hybrid_infer.pool.dispatch import Dispatcher
-        from hybrid_infer.pool.registry import Pool
+        from hybrid_infer.transport.client import PoolClient
 
-        dispatcher = Dispatcher(Pool.get(pool_name), options, max_in_flight=max_in_flight,
-                                timeout_s=timeout_s)
+        client = PoolClient(address, header, max_in_flight=max_in_flight, timeout_s=timeout_s)
         pieces = table.select([input_col]).to_batches(max_chunksize=rows_per_batch)
-        results = list(dispatcher.map(iter(pieces)))
+        results = list(client.map(iter(pieces)))
         result = pa.Table.from_batches(results) if results else None
         ids = table.select(id_cols)
         if result is None:

@@ -1,1 +1,1 @@
-"""The warm actor pool: settings/key, actor + pipeline + runner, registry, dispatch."""
+"""The pool, driver side: settings and key, the registry (PoolManager, Pool)."""

@@ -8,17 +8,23 @@ neither the driver nor the manager ever holds torch or a copy of the weights. A 
 job with the same key finds the manager by name and reuses its warm actors; a job with
 a different model or weights gets its own pool.
 
-A pool serves a ModelSpec (image models on InferenceActor) by default. Any other spec
-may bring its own actor by defining `actor_class()` (constructed as
-`cls(spec, payload, actor_settings, pool_name, index)`), `pool_payload()` (what the manager
-puts into the object store once) and `payload_digest()` (identifies that payload);
-e.g. actor/predict_fn.py for predict_batch_udf's user functions.
+A pool serves any `Servable` (servable.py): image models on InferenceActor, and
+predict_batch_udf's functions on PredictFnActor (actor/predict_fn.py).
+
+Spark tasks reach the pool over Arrow Flight, not Ray: the manager creates the pool's
+access token, starts each actor's Flight service (`PoolActor.serve`) and serves
+Flight itself, as the pool's stable entry point: its "endpoints" action returns the
+live actors' URIs, replacing dead actors first when asked. `Pool.address()` gives the
+driver the PoolAddress (manager and actor URIs, token, TLS certificate) it ships to
+its tasks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import json
+import secrets
 import threading
 import time
 from dataclasses import asdict, replace
@@ -26,6 +32,8 @@ from dataclasses import asdict, replace
 from hybrid_infer.errors import HybridInferError, PoolError, from_spark
 from hybrid_infer.pool.settings import PoolKey, PoolSettings
 from hybrid_infer.runtime import NAMESPACE
+from hybrid_infer.servable import payload_nbytes
+from hybrid_infer.transport.protocol import PoolAddress
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +61,43 @@ class PoolManager:
         self._weights_bytes = 0
         self._actors: list = []
         self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
+        self._endpoints: dict[str, str] = {}  # actor id -> its Flight URI
         self._lock = threading.RLock()
         self._replaced = 0
         self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
+        self._token = secrets.token_urlsafe(32)
+        self._service = self._serve_flight()
         if self.placement.idle_timeout_s:
             threading.Thread(target=self._idle_reaper, daemon=True).start()
+
+    # -- the pool's Flight entry point ---------------------------------------------------
+    def _serve_flight(self):
+        from hybrid_infer.actor.service import node_address
+        from hybrid_infer.transport.server import FlightService
+
+        return FlightService(None, token=self._token, host=node_address(),
+                             tls_cert=self.actor_settings.tls_cert, tls_key=self.actor_settings.tls_key,
+                             actions={"endpoints": self._endpoints_action}, max_workers=4)
+
+    def _endpoints_action(self, body: bytes) -> bytes:
+        asked = json.loads(body or b"{}")
+        actors = self.heal() if asked.get("heal") else self.actors()
+        return json.dumps({"actors": self._uris(actors)}).encode()
+
+    def _uris(self, actors: list) -> list[str]:
+        return [self._endpoints[a._actor_id.hex()] for a in actors
+                if a._actor_id.hex() in self._endpoints]
+
+    def address(self) -> PoolAddress:
+        """What a Spark task needs to use this pool (see transport/protocol.py)."""
+        cert = None
+        if self.actor_settings.tls_cert:
+            with open(self.actor_settings.tls_cert, "rb") as handle:
+                cert = handle.read()
+        return PoolAddress(self.key.name, self._service.uri, tuple(self._uris(self.actors())),
+                           self._token, cert)
 
     # -- lifecycle -------------------------------------------------------------------
     def is_started(self) -> bool:
@@ -68,15 +106,12 @@ class PoolManager:
     def start(self, num_actors: int, payload=None, build_node: str | None = None) -> list:
         """Get the weights into the object store (owned here) and start the actors.
 
-        `payload`: what the driver sends (a spec's pool_payload(), or weights arrays
-        over Ray Client); this manager puts it. Without one, a one-off task on
-        `build_node` (the driver's node: weights paths are the driver's) builds the
-        weights. Either way the ref is owned by this detached actor, so the one copy
-        outlives the driver that started the pool.
+        `payload`: what the driver built (see start_arguments); this manager puts it.
+        Without one, a one-off task on `build_node` (the driver's node: weights paths
+        are the driver's) builds it. Either way the ref is owned by this detached
+        actor, so the one copy outlives the driver that started the pool.
         """
         import ray
-
-        from hybrid_infer.weights import nbytes
 
         with self._lock:
             started = time.perf_counter()
@@ -85,8 +120,7 @@ class PoolManager:
                     self._weights_ref, self._weights_bytes = self._build_weights(build_node)
                 else:
                     self._weights_ref = ray.put(payload)
-                    self._weights_bytes = (nbytes(payload) if isinstance(payload, dict)
-                                           else len(payload))
+                    self._weights_bytes = payload_nbytes(payload)
             self._scale_locked(num_actors)
             log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
                      self.key.name, len(self._actors), self._weights_bytes,
@@ -94,15 +128,13 @@ class PoolManager:
             return list(self._actors)
 
     def _build_weights(self, node_id: str) -> tuple:
-        """(ref, bytes) of the spec's weights as arrays, built by a one-off task."""
+        """(ref, bytes) of the spec's payload (weights arrays), built by a one-off task."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from hybrid_infer.weights import nbytes
-
         # num_cpus=0: building must not wait behind actors holding every CPU;
         # max_calls=1: the worker (torch, a transient copy of the model) exits after.
-        build = ray.remote(num_cpus=0, max_calls=1)(_weights_arrays).options(
+        build = ray.remote(num_cpus=0, max_calls=1)(_build_payload).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
         ref = build.remote(self.spec)
         timeout = self.placement.build_timeout_s
@@ -116,7 +148,7 @@ class PoolManager:
             raise PoolError(f"building the weights of {self.spec.identity} took over "
                             f"{timeout:.0f} s (build_timeout_s): raise build_timeout_s for a "
                             "large checkpoint on slow storage") from None
-        return ref, nbytes(arrays)  # (arrays: read-only views of the object; not copied)
+        return ref, payload_nbytes(arrays)  # (arrays: read-only views of the object; not copied)
 
     def actors(self) -> list:
         # No lock: a job starting while a heal loads a replacement gets the live actors
@@ -176,8 +208,11 @@ class PoolManager:
             new.append(self._spawn(index))
         if new:  # wait until they have loaded: a job should not race the model load
             timeout = self.placement.place_timeout_s
+            settings = self.actor_settings
             try:
-                ray.get([actor.ping.remote() for actor in new], timeout=timeout)
+                uris = ray.get([actor.serve.remote(self._token, settings.tls_cert,
+                                                   settings.tls_key) for actor in new],
+                               timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 for actor in new:
                     ray.kill(actor, no_restart=True)
@@ -191,6 +226,8 @@ class PoolManager:
                     ray.kill(actor, no_restart=True)
                 raise from_spark(exc) or PoolError(
                     f"a new actor of pool {self.key.name} failed to start: {exc}") from None
+            for actor, uri in zip(new, uris):
+                self._endpoints[actor._actor_id.hex()] = uri
             self._actors.extend(new)
         self._last_change = time.time()
 
@@ -200,10 +237,7 @@ class PoolManager:
     def _spawn(self, index: int):
         import ray
 
-        from hybrid_infer.actor.inference import InferenceActor
-
-        actor_class = (self.spec.actor_class() if hasattr(self.spec, "actor_class")
-                       else InferenceActor)
+        actor_class = self.spec.actor_class()
         remote_cls = ray.remote(actor_class).options(
             name=f"{self.key.name}-actor-{index}",
             namespace=NAMESPACE,
@@ -237,6 +271,7 @@ class PoolManager:
                 ray.kill(actor, no_restart=True)
             self._actors = []
             self._weights_ref = None
+        threading.Thread(target=self._service.shutdown, daemon=True).start()
         return count
 
     def _idle_reaper(self) -> None:
@@ -307,10 +342,20 @@ class PoolManager:
                 "last_heal_s": self._last_heal_s}
 
 
-def _weights_arrays(spec) -> dict:
-    from hybrid_infer.weights import state_dict_to_arrays
+def _build_payload(spec):
+    return spec.build_payload()
 
-    return state_dict_to_arrays(spec.load_state_dict())
+
+def start_arguments(spec) -> tuple:
+    """(payload, build_node) for PoolManager.start: a payload built off the driver is
+    built on the driver's node by a one-off task, unless the driver is a Ray Client
+    (not a node: it builds the payload itself and sends it)."""
+    import ray
+    from ray.util.client import ray as ray_client
+
+    if spec.payload_off_driver and not ray_client.is_connected():
+        return None, ray.get_runtime_context().get_node_id()
+    return spec.build_payload(), None
 
 
 def _cause(exc: BaseException) -> str:
@@ -343,14 +388,9 @@ class Pool:
     def get_or_create(cls, spec, settings: PoolSettings | None = None) -> "Pool":
         """The warm pool for (spec, settings), or a new one. Ray must be connected."""
         import ray
-        from ray.util.client import ray as ray_client
-
-        from hybrid_infer.weights import weights_digest
 
         settings = settings or PoolSettings()
-        digest = (spec.payload_digest() if hasattr(spec, "payload_digest")
-                  else weights_digest(spec))
-        key = PoolKey.derive(spec.identity, digest, settings.actor)
+        key = PoolKey.derive(spec.identity, spec.payload_digest(), settings.actor)
         manager = ray.remote(PoolManager).options(
             name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_concurrency=16, max_restarts=0,
@@ -363,12 +403,7 @@ class Pool:
         if not ray.get(manager.is_started.remote()):
             started = time.perf_counter()
             num_actors = settings.num_actors or _default_num_actors()
-            if hasattr(spec, "pool_payload"):
-                pool._call("start", num_actors, spec.pool_payload())
-            elif ray_client.is_connected():  # a Ray Client driver is not a node to build on
-                pool._call("start", num_actors, _weights_arrays(spec))
-            else:
-                pool._call("start", num_actors, None, ray.get_runtime_context().get_node_id())
+            pool._call("start", num_actors, *start_arguments(spec))
             log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
                      spec.identity, num_actors, time.perf_counter() - started)
         else:
@@ -400,9 +435,9 @@ class Pool:
     def heal(self) -> list:
         return self._call("heal")
 
-    def heal_async(self):
-        """Start replacing dead actors; returns the ObjectRef of the live set."""
-        return self._manager.heal.remote()
+    def address(self) -> PoolAddress:
+        """The manager's and actors' Flight URIs and the token, for Spark tasks."""
+        return self._call("address")
 
     def scale(self, num_actors: int) -> list:
         return self._call("scale", num_actors)

@@ -80,6 +80,9 @@ class ActorSettings:
     fails like an out-of-memory error and is split (None: no cap).
     embedding_layer: return this layer's output (flattened) as `prediction` instead of
     the model's final output, e.g. "avgpool" for a ResNet's 512/2048-d embeddings.
+    tls_cert, tls_key: PEM files (readable at these paths on every Ray node) for the
+    pool's Arrow Flight services: Spark tasks then reach it over TLS, checking this
+    certificate (None: plain gRPC; every call still carries the pool's token).
     """
 
     batch_size: int | None = None
@@ -93,6 +96,8 @@ class ActorSettings:
     max_batch_bytes: int | None = None
     embedding_layer: str | None = None
     decode: str = "auto"
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self):
         for name, allowed in (("device", DEVICES), ("precision", PRECISIONS + (None,)),
@@ -125,6 +130,8 @@ class ActorSettings:
         resolved = {name: value for name, value in defaults.items()
                     if getattr(self, name) is None}
         return replace(self, **resolved) if resolved else self
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigurationError("TLS needs both tls_cert and tls_key (PEM files)")
 
     def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
         """(streams, torch threads per stream) for an actor on `device` with `threads`."""

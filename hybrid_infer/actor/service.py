@@ -1,0 +1,73 @@
+"""PoolActor: what every pool actor supplies, whatever it serves.
+
+- `serve(token, tls_cert, tls_key)`: start this actor's Arrow Flight service on its
+  node's address (127.0.0.1 in an embedded runtime) and return its URI. The pool's
+  manager calls it once, right after the actor loaded its model; Spark tasks then
+  stream batches to that URI (transport/client.py) without Ray.
+- `serve_batch(batch, options)`: one request batch -> one result batch; by default
+  `self.infer(batch, options)`, the subclass's entry point.
+- `ping()`, and `status()`: the fields every actor reports plus the subclass's `stats()`.
+
+Subclasses set `pool_name`, `index`, `started_at`, `model_loads`, `load_seconds`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+
+
+class PoolActor:
+    _service = None
+
+    def serve(self, token: str, tls_cert: str | None = None,
+              tls_key: str | None = None) -> str:
+        from hybrid_infer.transport.server import FlightService
+
+        if self._service is None:
+            self._service = FlightService(self._stream_handler, token=token,
+                                          host=node_address(), tls_cert=tls_cert,
+                                          tls_key=tls_key)
+        return self._service.uri
+
+    def _stream_handler(self, kind: str, options):
+        if kind != "infer":
+            raise ValueError(f"this actor serves 'infer' streams, not {kind!r}")
+        return lambda batch: self.serve_batch(batch, options)
+
+    def serve_batch(self, batch: pa.RecordBatch, options) -> pa.RecordBatch:
+        return self.infer(batch, options)
+
+    def ping(self) -> bool:
+        return True
+
+    def stats(self) -> dict:
+        """requests, batches, rows, model_seconds, last_used and the subclass's own."""
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        import ray
+
+        context = ray.get_runtime_context()
+        return {
+            "index": self.index,
+            "actor_id": context.get_actor_id(),
+            "node_id": context.get_node_id(),
+            "pid": os.getpid(),
+            "endpoint": self._service.uri if self._service else None,
+            # most request batches this actor held at once (the clients' windows bound it)
+            "held_batches_peak": self._service.held_peak if self._service else 0,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model_loads": self.model_loads,
+            "load_seconds": round(self.load_seconds, 3),
+            **self.stats(),
+        }
+
+
+def node_address() -> str:
+    """This process's Ray node address: where its Flight service listens."""
+    import ray
+
+    return ray.util.get_node_ip_address()

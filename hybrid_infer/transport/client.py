@@ -1,0 +1,336 @@
+"""PoolClient: the one loop that streams a Spark task's batches through a pool.
+
+Used by the hybrid mode (mapInArrow), the raydp mode (Ray Data tasks) and
+predict_batch_udf (pandas UDF). It needs no Ray: only the PoolAddress the driver got
+from the pool.
+
+- One DoExchange stream per actor, opened when first used; the job's options travel
+  once, in the stream's header.
+- Least-loaded: each batch goes to the live actor with the fewest of this client's
+  batches in flight; at most `max_in_flight` batches per actor are in flight (memory
+  stays bounded whatever the data size).
+- Results come back in input order, whatever actor answered.
+- When an actor's stream breaks (the actor died, its node went away), its unanswered
+  batches are resent at once to live actors, and the pool's manager is asked in the
+  background for a fresh endpoint list (it replaces dead actors first); with no live
+  actor left the client waits for that list.
+- An address that does not answer fails within `connect_timeout_s`, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from hybrid_infer.errors import PoolError
+from hybrid_infer.transport.protocol import AUTH_HEADER, PoolAddress, bearer, rebuild_app_error
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(eq=False)
+class _Item:
+    batch: pa.RecordBatch
+    stream: "_Stream | None" = None
+    result: pa.RecordBatch | None = None
+    attempts: int = 0
+
+
+def connect(uri: str, address: PoolAddress) -> flight.FlightClient:
+    return flight.FlightClient(uri, tls_root_certs=address.tls_root_cert)
+
+
+def call_options(address: PoolAddress, timeout_s: float | None = None):
+    return flight.FlightCallOptions(timeout=timeout_s,
+                                    headers=[(AUTH_HEADER.encode(), bearer(address.token))])
+
+
+def action(address: PoolAddress, uri: str, name: str, body: bytes = b"", *,
+           timeout_s: float | None = None, connect_timeout_s: float = 5.0) -> bytes:
+    """One action on one server; fails within connect_timeout_s if it does not answer."""
+    client = connect(uri, address)
+    try:
+        if name != "ping":
+            _ping(client, uri, address, connect_timeout_s)
+        try:
+            results = list(client.do_action(flight.Action(name, body),
+                                            call_options(address, timeout_s)))
+        except flight.FlightError as exc:
+            raise _raised(exc, uri) from None
+        return results[0].body.to_pybytes() if results else b""
+    finally:
+        client.close()
+
+
+def _ping(client, uri: str, address: PoolAddress, timeout_s: float) -> None:
+    try:
+        list(client.do_action(flight.Action("ping", b""), call_options(address, timeout_s)))
+    except flight.FlightUnauthenticatedError as exc:
+        raise PoolError(f"the pool at {uri} refused this client's token: {exc}") from None
+    except (flight.FlightError, OSError) as exc:
+        raise _Unreachable(f"nothing answers at {uri} within {timeout_s:g} s "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+
+
+class _Unreachable(ConnectionError):
+    pass
+
+
+def _raised(exc: flight.FlightError, uri: str) -> Exception:
+    app = rebuild_app_error(getattr(exc, "extra_info", None))
+    if app is not None:
+        return app
+    if isinstance(exc, flight.FlightUnauthenticatedError):
+        return PoolError(f"the pool at {uri} refused this client's token: {exc}")
+    return exc
+
+
+def _raise_app_error(exc) -> None:
+    """Raise the served code's own error again (not a transport failure: no resend)."""
+    app = rebuild_app_error(getattr(exc, "extra_info", None))
+    if app is not None:
+        raise app
+
+
+class _Stream:
+    """One DoExchange with one actor; a thread reads its answers into a queue."""
+
+    def __init__(self, uri: str, address: PoolAddress, header: bytes, connect_timeout_s: float):
+        self.uri = uri
+        self.client = connect(uri, address)
+        _ping(self.client, uri, address, connect_timeout_s)
+        self.writer, self.reader = self.client.do_exchange(
+            flight.FlightDescriptor.for_command(header), call_options(address))
+        self.pending: deque[_Item] = deque()  # sent, not answered yet, in send order
+        self.answers: queue.Queue = queue.Queue()
+        self._begun = False
+        self._reading = threading.Thread(target=self._read, daemon=True, name="flight-answers")
+        self._reading.start()
+
+    def send(self, item: _Item) -> None:
+        if not self._begun:
+            self.writer.begin(item.batch.schema)
+            self._begun = True
+        self.writer.write_batch(item.batch)
+        item.stream = self
+        self.pending.append(item)
+
+    def in_flight(self) -> int:
+        """Batches the actor holds: sent and not answered (answers read count as done)."""
+        return len(self.pending) - self.answers.qsize()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                chunk = self.reader.read_chunk()
+                if chunk.data is None:  # the served code failed: its error, as metadata
+                    app = rebuild_app_error(chunk.app_metadata.to_pybytes()
+                                            if chunk.app_metadata is not None else None)
+                    self.answers.put(app or RuntimeError("empty answer from the pool"))
+                    return
+                self.answers.put(chunk.data)
+        except StopIteration:
+            self.answers.put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the task's thread
+            self.answers.put(exc)
+
+    def finish(self) -> None:
+        """Tell the actor this stream is done and release it.
+
+        The reader thread must end before the call's objects are closed; if the actor
+        does not end the stream within a few seconds, the call is cancelled and left to
+        the garbage collector (the thread holds it).
+        """
+        try:
+            if self._begun:
+                self.writer.done_writing()
+        except Exception:  # the actor may be gone already
+            pass
+        self._reading.join(timeout=5)
+        if self._reading.is_alive():
+            try:
+                self.reader.cancel()
+            except Exception:
+                pass
+            return
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+        self.client.close()
+
+
+class PoolClient:
+    """Streams batches through a pool. `header`: protocol.encode_header(kind, options)."""
+
+    def __init__(self, address: PoolAddress, header: bytes, *, max_in_flight: int = 2,
+                 timeout_s: float = 600.0, max_attempts: int = 4,
+                 connect_timeout_s: float = 5.0):
+        self._address = address
+        self._header = header
+        self._max_in_flight = max_in_flight
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._connect_timeout_s = connect_timeout_s
+        self._endpoints: list[str] = list(address.actors)
+        self._streams: dict[str, _Stream] = {}
+        self._dead: set[str] = set()
+        self._refresher = ThreadPoolExecutor(1, thread_name_prefix="pool-refresh")
+        self._refreshing: Future | None = None
+        self.resent = 0
+        self.refreshes = 0
+
+    # -- the loop ----------------------------------------------------------------------------
+    def map(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """One result batch per input batch, in input order."""
+        window: deque[_Item] = deque()
+        try:
+            for batch in batches:
+                if not self._streams:
+                    self._open_all()
+                while len(window) >= self._max_in_flight * max(1, len(self._live())):
+                    yield self._collect(window.popleft())
+                item = _Item(batch)
+                window.append(item)
+                self._send(item)
+            while window:
+                yield self._collect(window.popleft())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.finish()
+        self._streams.clear()
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+
+    # -- sending -------------------------------------------------------------------------
+    def _open_all(self) -> None:
+        """Open a stream to every live actor before the first batch, so the first batches
+        leave back to back (an actor gets its share together and batches it together)."""
+        for uri in self._live():
+            try:
+                self._streams[uri] = _Stream(uri, self._address, self._header,
+                                             self._connect_timeout_s)
+            except PoolError:
+                raise
+            except (_Unreachable, flight.FlightError, pa.ArrowException, OSError) as exc:
+                self._lose(uri, exc)
+
+    def _live(self) -> list[str]:
+        return [uri for uri in self._endpoints if uri not in self._dead]
+
+    def _send(self, item: _Item) -> None:
+        item.attempts += 1
+        if item.attempts > self._max_attempts:
+            raise PoolError(f"a batch failed on {item.attempts - 1} actors in a row; the pool "
+                            f"{self._address.pool_name!r} keeps losing actors")
+        while True:
+            self._take_refreshed()
+            live = self._live()
+            if not live:
+                self._refresh_now()
+                continue
+            loads = {uri: self._streams[uri].in_flight() if uri in self._streams else 0
+                     for uri in live}
+            lowest = min(loads.values())
+            uri = random.choice([u for u in live if loads[u] == lowest])
+            try:
+                stream = self._streams.get(uri)
+                if stream is None:
+                    stream = self._streams[uri] = _Stream(uri, self._address, self._header,
+                                                          self._connect_timeout_s)
+                stream.send(item)
+                return
+            except PoolError:
+                raise
+            except (_Unreachable, flight.FlightError, pa.ArrowException, OSError) as exc:
+                _raise_app_error(exc)
+                self._lose(uri, exc)
+
+    def _collect(self, item: _Item) -> pa.RecordBatch:
+        while item.result is None:
+            stream = item.stream
+            try:
+                answer = stream.answers.get(timeout=self._timeout_s)
+            except queue.Empty:
+                raise TimeoutError(
+                    f"a batch of {item.batch.num_rows} rows got no answer from the pool within "
+                    f"{self._timeout_s} s (batch_timeout_s); raise it or check the pool "
+                    "with `hybrid-infer pool status`") from None
+            if isinstance(answer, pa.RecordBatch) and stream.pending:
+                stream.pending.popleft().result = answer
+                continue
+            if isinstance(answer, Exception) and not isinstance(answer, (
+                    flight.FlightError, pa.ArrowException, OSError)):
+                raise answer  # the served code's own error (sent as metadata)
+            _raise_app_error(answer)
+            self._lose(stream.uri, answer)
+        return item.result
+
+    # -- losing actors, refreshing endpoints ------------------------------------------------
+    def _lose(self, uri: str, cause) -> None:
+        """Stop using `uri`; resend what it had not answered; refresh the endpoints."""
+        self._dead.add(uri)
+        stream = self._streams.pop(uri, None)
+        unanswered = list(stream.pending) if stream else []
+        if stream:
+            stream.pending.clear()
+            stream.finish()
+        reason = cause if isinstance(cause, BaseException) else "stream ended early"
+        log.warning("pool %s: actor at %s lost (%s: %s); resending %d batch(es)",
+                    self._address.pool_name, uri, type(reason).__name__,
+                    str(reason)[:200], len(unanswered))
+        if self._refreshing is None and self._live():
+            self._refreshing = self._refresher.submit(self._fetch_endpoints)
+        for item in unanswered:
+            self.resent += 1
+            self._send(item)
+
+    def _fetch_endpoints(self) -> list[str]:
+        """The pool's live actors, from its manager, after it replaced dead ones."""
+        try:
+            body = action(self._address, self._address.manager, "endpoints",
+                          json.dumps({"heal": True}).encode(), timeout_s=None,
+                          connect_timeout_s=self._connect_timeout_s)
+        except _Unreachable as exc:
+            raise PoolError(
+                f"pool {self._address.pool_name!r} was stopped or its manager died: its "
+                f"actors and its manager do not answer ({exc}); start it again "
+                "(hybrid-infer pool start, or run the job again)") from None
+        return json.loads(body)["actors"]
+
+    def _use(self, endpoints: list[str]) -> None:
+        self.refreshes += 1
+        if not endpoints:
+            raise PoolError(f"pool {self._address.pool_name!r} has no live actors (it was "
+                            "stopped): start it again (hybrid-infer pool start, or run the "
+                            "job again)")
+        self._endpoints = list(endpoints)
+        self._dead -= set(endpoints)  # the manager just checked them: alive
+
+    def _refresh_now(self) -> None:
+        refreshing, self._refreshing = self._refreshing, None
+        self._use(refreshing.result() if refreshing is not None else self._fetch_endpoints())
+
+    def _take_refreshed(self) -> None:
+        if self._refreshing is None or not self._refreshing.done():
+            return
+        refreshing, self._refreshing = self._refreshing, None
+        try:
+            self._use(refreshing.result())
+        except PoolError as exc:  # live actors remain: go on with them
+            log.warning("pool %s: refreshing endpoints failed: %s",
+                        self._address.pool_name, exc)

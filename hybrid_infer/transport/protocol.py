@@ -1,0 +1,108 @@
+"""What travels between a Spark task and a pool, and how it is secured.
+
+- `PoolAddress`: where a pool answers (its manager and its actors, as Flight URIs),
+  the pool's access token and, with TLS, the certificate that signs its servers. The
+  driver gets it from the pool (Ray) and ships it to the tasks in their closure.
+- A stream's header: the job's options, serialised once on the driver and sent once
+  per DoExchange stream (never with each batch).
+- Every call carries `authorization: Bearer <token>`; servers refuse any other.
+- Errors a pool raises on purpose (the engine's own, a user's predict function's) travel
+  as their type name and message and are raised again in the task with the same type.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import pickle
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+AUTH_HEADER = "authorization"
+#: marks FlightServerError.extra_info of an error raised by the served code itself
+APP_ERROR = b"hybrid_infer-app-error:"
+
+
+@dataclass(frozen=True)
+class PoolAddress:
+    """Everything a Spark task needs to use a pool; holds no Ray object."""
+
+    pool_name: str
+    manager: str
+    actors: tuple[str, ...]
+    token: str
+    #: PEM of the certificate the pool's servers present (TLS), else None
+    tls_root_cert: bytes | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # never print the token
+        return (f"PoolAddress({self.pool_name!r}, manager={self.manager!r}, "
+                f"actors={list(self.actors)!r})")
+
+
+def bearer(token: str) -> bytes:
+    return f"Bearer {token}".encode()
+
+
+def encode_header(kind: str, options_blob: bytes = b"") -> bytes:
+    """A stream's descriptor: what the stream serves and the job's options (once)."""
+    return json.dumps({"kind": kind}).encode() + b"\n" + options_blob
+
+
+def decode_header(command: bytes) -> tuple[str, bytes]:
+    head, _, blob = command.partition(b"\n")
+    return json.loads(head)["kind"], blob
+
+
+def dumps_options(options) -> bytes:
+    """The job's options for the header: pickled ONCE on the driver."""
+    return pickle.dumps(options, protocol=5) if options is not None else b""
+
+
+def loads_options(blob: bytes):
+    # The token gates every call: a caller holding it can already run code in the pool
+    # (predict_batch_udf ships a pickled make_predict_fn), so unpickling adds no power.
+    return pickle.loads(blob) if blob else None
+
+
+# -- Python objects as one-row Arrow batches (predict_batch_udf's NumPy inputs) --------
+OBJECT_SCHEMA = pa.schema([pa.field("pickled", pa.binary())])
+
+
+def object_batch(value) -> pa.RecordBatch:
+    """A Python object (NumPy arrays, dicts of them) as one row of pickled bytes."""
+    return pa.RecordBatch.from_arrays([pa.array([pickle.dumps(value, protocol=5)],
+                                                pa.binary())], schema=OBJECT_SCHEMA)
+
+
+def batch_object(batch: pa.RecordBatch):
+    return pickle.loads(batch.column(0)[0].as_py())
+
+
+# -- errors --------------------------------------------------------------------------------
+def app_error_info(exc: BaseException) -> bytes:
+    return APP_ERROR + json.dumps({"module": type(exc).__module__,
+                                   "type": type(exc).__name__,
+                                   "message": str(exc)}).encode()
+
+
+def rebuild_app_error(extra_info: bytes | None) -> Exception | None:
+    """The served code's exception, with its own type when it is the engine's or a
+    builtin one (else a RuntimeError naming it); None for a transport failure."""
+    if not extra_info or not extra_info.startswith(APP_ERROR):
+        return None
+    info = json.loads(extra_info[len(APP_ERROR):])
+    message = info["message"]
+    cls = None
+    if info["module"] == "hybrid_infer.errors":
+        from hybrid_infer import errors
+
+        cls = getattr(errors, info["type"], None)
+    elif info["module"] == "builtins":
+        cls = getattr(builtins, info["type"], None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return RuntimeError(f"{info['module']}.{info['type']}: {message}")
