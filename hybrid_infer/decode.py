@@ -77,6 +77,16 @@ def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
+#: The only PIL formats a row is opened as: built-in decoders, no external programs.
+#: PIL would otherwise try every plugin it has, and hand EPS/PS to Ghostscript.
+#: (JPEG includes MPO, the multi-picture JPEG of phone cameras: PIL opens it as JPEG.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+
+#: Leading bytes of formats that are refused (named in the row's error).
+_REFUSED_SIGNATURES = {b"%!PS": "PostScript/EPS", b"\xc5\xd0\xd3\xc6": "EPS",
+                       b"%PDF": "PDF"}
+
+
 def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Decode image bytes to an RGB PIL image (first frame of an animation)."""
     from PIL import Image, UnidentifiedImageError
@@ -86,12 +96,17 @@ def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
     if len(data) == 0:
         raise DecodeError("empty value (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         fmt = _signature(data)
         if fmt:
             raise DecodeError(f"corrupt image header: starts like {fmt} but cannot be "
                               "parsed") from None
+        refused = next((name for magic, name in _REFUSED_SIGNATURES.items()
+                        if bytes(data[:4]) == magic), None)
+        if refused:
+            raise DecodeError(f"unsupported image format: {refused} is not decoded (only "
+                              f"{', '.join(ALLOWED_FORMATS)})") from None
         raise DecodeError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large: {exc}") from None
