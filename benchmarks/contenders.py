@@ -230,7 +230,7 @@ def run_predict_batch_udf_contender(config: dict) -> dict:
     from pyspark.sql.types import ArrayType, FloatType
 
     spark = spark_session(config)
-    spec = ModelSpec(config["model"], seed=config["seed"])
+    spec = ModelSpec(config["model"], seed=config["seed"], weights="random")
     stamp_dir = config["stamp_dir"]
     threads = max(1, config["threads"] // config["spark_slots"])
 
@@ -300,7 +300,7 @@ def run_pool_jobs(config: dict, spark, *, mode: str, ray_address: str | None) ->
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.pool.settings import PoolSettings
 
-    spec = ModelSpec(config["model"], seed=config["seed"])
+    spec = ModelSpec(config["model"], seed=config["seed"], weights="random")
     actors = config.get("actors", 1)
     settings = PoolSettings(num_actors=actors, batch_size=config["batch_size"],
                             device=config["device"], precision=config["precision"],
@@ -352,7 +352,7 @@ def run_ray_data_contender(config: dict) -> dict:
     data = SparkData(spark, config["image_dir"])
     for job in config["jobs"]:
         data.frame(job["rows"], job["partitions"])
-    spec = ModelSpec(config["model"], seed=config["seed"])
+    spec = ModelSpec(config["model"], seed=config["seed"], weights="random")
     stamp_dir = config["stamp_dir"]
     actors = config.get("actors", 1)  # like the hybrid pool: the threads split among them
 
@@ -427,7 +427,7 @@ def run_ceiling_contender(config: dict) -> dict:
         list(pool.map(decoder, blobs))
         decode_n = len(blobs) / (time.perf_counter() - started)
 
-    spec = ModelSpec(config["model"], seed=config["seed"])
+    spec = ModelSpec(config["model"], seed=config["seed"], weights="random")
     result = {"decode_images_per_s_1_thread": round(decode_1, 2),
               f"decode_images_per_s_{config['decode_threads']}_threads": round(decode_n, 2),
               "model": {}}

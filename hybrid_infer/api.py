@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
-from hybrid_infer.models import model_spec
+from hybrid_infer.models import model_spec, warn_if_random
 from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PoolSettings
 
 MODES = ("hybrid", "raydp", "udf")
 
 
-def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
+def infer(df, model="resnet18", *, weights: str | None = None, seed: int = 0,
           mode: str = "hybrid", input_col: str | None = None,
           id_cols: list[str] | None = None, top_k: int = 0,
           preprocess: Preprocess | None = None, pool: PoolSettings | None = None,
@@ -23,7 +23,11 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
 
     model: a model spec (hybrid_infer.models), a torchvision name, "pkg.module:factory",
     a TorchScript (.pt) or torch.export (.pt2) file, or an MLflow URI (models:/name/1).
-    weights: "random" (seeded) or a local state_dict file, for names and factories.
+    weights (names and factories): None, "DEFAULT" or a torchvision weight name
+    ("IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"): pretrained weights, fetched once
+    on the driver into torch's hub cache, with their class names and transforms as the
+    defaults of class_names and preprocess; a local state_dict file; or "random" (seeded,
+    warned about on every job). A factory without weights gets random ones.
     input_col: the binary column (default: "content", or the only binary column).
     id_cols: columns carried through to identify rows (default: every other column).
     mode: "hybrid" (the warm Ray actor pool; Ray is joined at `ray_address`, or
@@ -41,6 +45,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     spec = model_spec(model, weights=weights, seed=seed, allow_pickle=allow_pickle)
+    warn_if_random(spec)
     settings = pool or PoolSettings()
     if batch_size is not None:
         settings = PoolSettings(**{**settings.__dict__, "batch_size": batch_size})
@@ -50,7 +55,7 @@ def infer(df, model="resnet18", *, weights: str = "random", seed: int = 0,
         input_shape = tuple(int(n) for n in input_shape)
     input_col = input_col or _default_input_col(df)
     id_cols = _resolve_id_cols(df, input_col, id_cols, binary=input_shape is None)
-    options = RequestOptions(preprocess=preprocess or Preprocess(), top_k=top_k,
+    options = RequestOptions(preprocess=preprocess or default_preprocess(spec), top_k=top_k,
                              input_shape=input_shape,
                              class_names=_class_names(class_names, spec))
 
@@ -96,6 +101,12 @@ def _stop_on_first_error(result, id_cols: list[str]):
     message = F.concat(F.lit(f"{FAIL_FAST_MESSAGE}: row "), row_id, F.lit(": "), F.col(ERROR))
     return result.withColumn(
         ERROR, F.when(F.col(ERROR).isNotNull(), F.raise_error(message)).otherwise(F.col(ERROR)))
+
+
+def default_preprocess(spec) -> Preprocess:
+    """The model's own transform (pretrained torchvision weights carry one), else the
+    engine's default."""
+    return getattr(spec, "preprocess", None) or Preprocess()
 
 
 def _class_names(class_names, spec) -> tuple[str, ...] | None:

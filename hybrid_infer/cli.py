@@ -19,13 +19,17 @@ def _add_cluster_options(parser, *, ray_default=None):
                             "(default: %(default)s; none starts a local Ray on 127.0.0.1)")
 
 
-def _add_model_options(parser):
+def _add_model_options(parser, *, weights_default=None):
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="resnet18",
                        help="torchvision name, package.module:factory, TorchScript .pt, "
                        "torch.export .pt2 or MLflow URI (models:/name/version)")
-    group.add_argument("--weights", default="random",
-                       help="'random' (seeded) or a local state_dict file (.pt/.pth/.safetensors)")
+    group.add_argument("--weights", default=weights_default,
+                       help="a torchvision weight name (DEFAULT, IMAGENET1K_V2, "
+                            "ResNet50_Weights.IMAGENET1K_V2: fetched once into $TORCH_HOME), "
+                            "a local state_dict file (.pt/.pth/.safetensors) or 'random' "
+                            "(seeded, untrained) (default: %(default)s; none: a torchvision "
+                            "name's DEFAULT pretrained weights)")
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     group.add_argument("--allow-pickle", action="store_true",
                        help="load pickled checkpoints (trusted files only: runs their code)")
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo_output",
                       help="where the images and predictions go (default: %(default)s)")
     demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    _add_model_options(demo)
+    _add_model_options(demo, weights_default="random")  # offline: no model hub to fetch from
     _add_pool_options(demo)
     _add_cluster_options(demo)
 
@@ -135,11 +139,16 @@ def cmd_demo(args) -> int:
 
     image_dir = os.path.join(args.workdir, "images")
     output = os.path.join(args.workdir, "predictions.parquet")
+    spec = _model_spec(args)
     generate_jpegs(image_dir, args.images)
     print(f"generated {args.images} JPEGs in {image_dir}")
+    if args.weights == "random":
+        print(f"the demo runs {args.model} with random weights (seed {args.seed}), so that it "
+              "works offline: its predictions are noise (--weights DEFAULT for pretrained)")
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
-                          model=_model_spec(args), model_name=args.model, mode=args.mode, pool=_pool_settings(args),
+                          model=spec, model_name=args.model, mode=args.mode,
+                          pool=_pool_settings(args),
                           ray_address=runtime.ray_address, top_k=5)
     print(summary.render())
     return 0
@@ -149,13 +158,16 @@ def cmd_run(args) -> int:
     from hybrid_infer.job import run_job
     from hybrid_infer.runtime import start_runtime
 
-    from hybrid_infer.decode import Preprocess
+    import dataclasses
 
-    spec = _model_spec(args)  # fail on a bad model or input before starting anything
-    preprocess = Preprocess(max_pixels=args.max_pixels) if args.max_pixels else None
+    from hybrid_infer.api import default_preprocess
+
     if "://" not in args.input and not os.path.exists(args.input):
         raise HybridInferError(f"input path {args.input!r} does not exist: pass a directory "
                                "of images or a Parquet dataset (--input)")
+    spec = _model_spec(args)  # fail on a bad model or input before starting anything
+    preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
+                  if args.max_pixels else None)
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
                           input_col=args.input_col, model=spec, model_name=args.model,
