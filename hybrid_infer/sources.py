@@ -142,10 +142,9 @@ def _walk(root: str, recursive: bool):
     if not os.path.isdir(root):
         yield root, os.path.basename(root)
         return
-    for folder, dirs, names in os.walk(root):
+    for folder, dirs, names in os.walk(root, followlinks=True):  # as Hadoop's listing
         dirs.sort()
-        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(folder, d))
-                                     and not os.path.exists(os.path.join(folder, d))]:
+        for name in sorted(names):  # broken links are among the names
             full = os.path.join(folder, name)
             yield full, os.path.relpath(full, root)
         if not recursive:
