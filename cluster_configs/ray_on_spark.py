@@ -46,7 +46,7 @@ def gpus_per_ray_node(spark, override: int | None = None) -> int:
 
 
 def main(input_path: str, output_path: str, model: str, ray_nodes: int,
-         gpus_per_node: int | None = None) -> None:
+         gpus_per_node: int | None = None, weights: str | None = None) -> None:
     builder = SparkSession.builder.appName("hybrid-infer-ray-on-spark")
     for key, value in spark_conf_for_java17().items():  # no-op where already set
         builder = builder.config(key, value)
@@ -63,7 +63,8 @@ def main(input_path: str, output_path: str, model: str, ray_nodes: int,
     try:
         # one actor per Ray node (per GPU with device="auto" on GPU nodes)
         settings = PoolSettings(num_actors=ray_nodes, device="auto", batch_size=32)
-        predictions = infer(read_images(spark, input_path), model, pool=settings,
+        predictions = infer(read_images(spark, input_path), model, weights=weights,
+                            pool=settings,
                             ray_address=ray_address, top_k=5)
         predictions.write.mode("overwrite").parquet(output_path)
         print(json.dumps(where_it_ran(ray_address)))
@@ -90,9 +91,12 @@ if __name__ == "__main__":
     parser.add_argument("input", help="image directory (binaryFile) to read")
     parser.add_argument("output", help="Parquet output path")
     parser.add_argument("--model", default="resnet50", help="torchvision model name")
+    parser.add_argument("--weights", default=None,
+                        help="torchvision weight name, state_dict file or 'random' "
+                             "(default: the model's DEFAULT pretrained weights)")
     parser.add_argument("--ray-nodes", type=int, default=2, help="Ray worker nodes to start")
     parser.add_argument("--gpus-per-node", type=int, default=None,
                         help="GPUs per Ray worker node (default: the application's "
                              "spark.task.resource.gpu.amount, 0 without GPUs)")
     args = parser.parse_args()
-    main(args.input, args.output, args.model, args.ray_nodes, args.gpus_per_node)
+    main(args.input, args.output, args.model, args.ray_nodes, args.gpus_per_node, args.weights)

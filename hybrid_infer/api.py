@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
-from hybrid_infer.models import model_spec
+from hybrid_infer.models import model_spec, warn_if_random
 from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PARTS, PoolSettings, route_fields
 
@@ -26,11 +26,15 @@ MODES = ("hybrid", "raydp", "udf")
 class ModelSource:
     """How a model named by a string is loaded (a spec object carries its own).
 
-    weights: "random" (seeded) or a local state_dict file, for names and factories.
+    weights (names and factories): None, "DEFAULT" or a torchvision weight name
+    ("IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"): pretrained weights, fetched once
+    on the driver into torch's hub cache, with their class names and transforms as the
+    defaults of class_names and preprocess; a local state_dict file; or "random" (seeded,
+    warned about on every job). A factory without weights gets random ones.
     allow_pickle: load pickled model files (trusted files only: they can run code).
     """
 
-    weights: str = "random"
+    weights: str | None = None
     seed: int = 0
     allow_pickle: bool = False
 
@@ -92,7 +96,6 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     given = route_fields(settings, _GROUPS, "infer()")
-    spec = model_spec(model, **asdict(ModelSource(**given["model"])))
     job = replace(job or JobOptions(), **given["job"])
     pool = (pool or PoolSettings()).replace(**{k: v for part in PARTS
                                                for k, v in given[part].items()})
@@ -100,9 +103,11 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         from hybrid_infer.modes.udf import check_udf_settings
 
         check_udf_settings(pool.actor)  # before any work: a setting it cannot honour
+    spec = model_spec(model, **asdict(ModelSource(**given["model"])))
+    warn_if_random(spec)
     input_col = job.input_col or _default_input_col(df)
     id_cols = _resolve_id_cols(df, input_col, job.id_cols, binary=job.input_shape is None)
-    options = RequestOptions(preprocess=job.preprocess or Preprocess(), top_k=job.top_k,
+    options = RequestOptions(preprocess=job.preprocess or default_preprocess(spec), top_k=job.top_k,
                              input_shape=job.input_shape,
                              class_names=_class_names(job.class_names, spec),
                              batch_timeout_s=pool.client.batch_timeout_s)
@@ -155,6 +160,12 @@ def _stop_on_first_error(result, id_cols: list[str]):
                              "an error value"))
     return result.withColumn(
         ERROR, F.when(F.col(ERROR).isNotNull(), F.raise_error(message)).otherwise(F.col(ERROR)))
+
+
+def default_preprocess(spec) -> Preprocess:
+    """The model's own transform (pretrained torchvision weights carry one), else the
+    engine's default."""
+    return getattr(spec, "preprocess", None) or Preprocess()
 
 
 def _class_names(class_names, spec) -> tuple[str, ...] | None:

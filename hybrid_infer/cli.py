@@ -47,13 +47,17 @@ def _add_output_options(parser):
                              "messages go to stderr)")
 
 
-def _add_model_options(parser):
+def _add_model_options(parser, *, weights_default=None):
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="resnet18",
                        help="torchvision name, package.module:factory, TorchScript .pt, "
                        "torch.export .pt2 or MLflow URI (models:/name/version)")
-    group.add_argument("--weights", default="random",
-                       help="'random' (seeded) or a local state_dict file (.pt/.pth/.safetensors)")
+    group.add_argument("--weights", default=weights_default,
+                       help="a torchvision weight name (DEFAULT, IMAGENET1K_V2, "
+                            "ResNet50_Weights.IMAGENET1K_V2: fetched once into $TORCH_HOME), "
+                            "a local state_dict file (.pt/.pth/.safetensors) or 'random' "
+                            "(seeded, untrained) (default: %(default)s; none: a torchvision "
+                            "name's DEFAULT pretrained weights)")
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     group.add_argument("--allow-pickle", action="store_true",
                        help="load pickled checkpoints (trusted files only: runs their code)")
@@ -134,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the images and predictions go (default: %(default)s)")
     demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
     _add_output_options(demo)
-    _add_model_options(demo)
+    _add_model_options(demo, weights_default="random")  # offline: no model hub to fetch from
     _add_pool_options(demo)
     _add_cluster_options(demo)
 
@@ -245,6 +249,9 @@ def cmd_demo(args) -> int:
     _before_start(check_output, image_dir, output, overwrite=args.overwrite)
     generate_jpegs(image_dir, args.images)
     _say(f"generated {args.images} JPEGs in {image_dir}")
+    if args.weights == "random":
+        _say(f"the demo runs {args.model} with random weights (seed {args.seed}), so that it "
+             "works offline: its predictions are noise (--weights DEFAULT for pretrained)")
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
                           model=spec, model_name=args.model, mode=args.mode,
@@ -268,10 +275,15 @@ def cmd_run(args) -> int:
     from hybrid_infer.job import run_job
     from hybrid_infer.runtime import start_runtime
 
+    import dataclasses
+
+    from hybrid_infer.api import default_preprocess
+
     # fail on a bad model, input or output before starting anything
-    spec = _before_start(_model_spec, args)
-    preprocess = Preprocess(max_pixels=args.max_pixels) if args.max_pixels else None
     _before_start(_check_run_paths, args)
+    spec = _before_start(_model_spec, args)
+    preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
+                  if args.max_pixels else None)
     with start_runtime(args.spark_master, args.ray_address) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
                           input_col=args.input_col, model=spec, model_name=args.model,

@@ -31,12 +31,14 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: The resize's interpolation ("bilinear" or "bicubic": pretrained weights name theirs).
+    interpolation: str = "bilinear"
 
     def transform(self):
         from torchvision import transforms
 
         return transforms.Compose([
-            transforms.Resize(self.resize),
+            transforms.Resize(self.resize, transforms.InterpolationMode(self.interpolation)),
             transforms.CenterCrop(self.crop),
             transforms.ToTensor(),
             transforms.Normalize(self.mean, self.std),
@@ -77,6 +79,21 @@ def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
+#: The only PIL formats a row is opened as: built-in decoders, no external programs.
+#: PIL would otherwise try every plugin it has, and hand EPS/PS to Ghostscript.
+#: (JPEG includes MPO, the multi-picture JPEG of phone cameras: PIL opens it as JPEG.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+
+#: Leading bytes of formats that are refused (named in the row's error).
+_REFUSED_SIGNATURES = {b"%!PS": "PostScript/EPS", b"\xc5\xd0\xd3\xc6": "EPS",
+                       b"%PDF": "PDF"}
+
+
+#: Content of a row that sources.read_images made for a file it could not read; the
+#: reason follows. No image starts with a NUL byte and this text.
+UNREADABLE_MARKER = b"\x00hybrid-infer unreadable file\x00"
+
+
 def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Decode image bytes to an RGB PIL image (first frame of an animation)."""
     from PIL import Image, UnidentifiedImageError
@@ -85,13 +102,21 @@ def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise DecodeError("null value")
     if len(data) == 0:
         raise DecodeError("empty value (0 bytes)")
+    if bytes(data[:len(UNREADABLE_MARKER)]) == UNREADABLE_MARKER:
+        reason = bytes(data[len(UNREADABLE_MARKER):]).decode("utf-8", "replace")
+        raise DecodeError(f"unreadable file: {reason}")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         fmt = _signature(data)
         if fmt:
             raise DecodeError(f"corrupt image header: starts like {fmt} but cannot be "
                               "parsed") from None
+        refused = next((name for magic, name in _REFUSED_SIGNATURES.items()
+                        if bytes(data[:4]) == magic), None)
+        if refused:
+            raise DecodeError(f"unsupported image format: {refused} is not decoded (only "
+                              f"{', '.join(ALLOWED_FORMATS)})") from None
         raise DecodeError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large: {exc}") from None

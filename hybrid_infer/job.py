@@ -19,6 +19,10 @@ class JobSummary:
     mode: str
     model: str
     errors_by_reason: dict = field(default_factory=dict)
+    #: For a folder of images: the files it held that come back as rows, and the
+    #: lines naming what was skipped and why.
+    input_files: int | None = None
+    skipped: list = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -36,12 +40,21 @@ class JobSummary:
         lines = [
             f"mode {self.mode}, model {self.model}",
             f"rows {self.rows}, succeeded {self.rows - self.failed}, failed {self.failed}",
+            *self._input_lines(),
             f"wall time {self.seconds:.1f} s, {self.images_per_s:.1f} images/s",
             f"output {self.output}",
         ]
         for reason, count in sorted(self.errors_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {count} rows failed: {reason}")
         return "\n".join(lines)
+
+    def _input_lines(self) -> list[str]:
+        if self.input_files is None:
+            return []
+        lines = [f"input files {self.input_files}" + (
+            ", one row each" if self.input_files == self.rows else
+            f", but {self.rows} rows came back")]
+        return lines + [f"  skipped: {line}" for line in self.skipped]
 
 
 def run_job(spark, *, input_path: str, output_path: str, input_col: str = "content",
@@ -57,11 +70,11 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     from hybrid_infer.output_path import (check_output, output_exists, remove_failed_output,
                                           write_marker)
     from hybrid_infer.progress import SparkProgress
-    from hybrid_infer.sources import read_input
+    from hybrid_infer.sources import read_input_listed
 
     check_output(input_path, output_path, overwrite=overwrite, spark=spark)
     existed = output_exists(output_path)
-    df = read_input(spark, input_path, column=input_col)
+    df, listing = read_input_listed(spark, input_path, column=input_col)
     started = time.time()
     result = infer(df, input_col=input_col, **infer_options)
     total = df.count() if progress else 0
@@ -85,9 +98,12 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
         raise failure from exc
     seconds = time.time() - started
     write_marker(output_path, input_path=input_path, spark=spark)
-    return summarise(spark, output_path, seconds=seconds,
-                     mode=infer_options.get("mode", "hybrid"),
-                     model=model_name or str(infer_options.get("model", "resnet18")))
+    summary = summarise(spark, output_path, seconds=seconds,
+                        mode=infer_options.get("mode", "hybrid"),
+                        model=model_name or str(infer_options.get("model", "resnet18")))
+    if listing is not None:
+        summary.input_files, summary.skipped = listing.files, listing.skipped_lines()
+    return summary
 
 
 def _write_failure(exc: BaseException, output_path: str):

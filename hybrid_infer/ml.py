@@ -24,7 +24,9 @@ class HybridInferenceModel(Transformer, HasInputCol, HasOutputCol, DefaultParams
     model = Param(Params._dummy(), "model", "torchvision name, 'pkg.module:factory', "
                   "TorchScript .pt, torch.export .pt2 file, or MLflow URI",
                   typeConverter=TypeConverters.toString)
-    weights = Param(Params._dummy(), "weights", "'random' or a state_dict file",
+    weights = Param(Params._dummy(), "weights", "'' (a torchvision name's DEFAULT "
+                    "pretrained weights), a torchvision weight name, 'random' or a "
+                    "state_dict file",
                     typeConverter=TypeConverters.toString)
     seed = Param(Params._dummy(), "seed", "seed for random weights",
                  typeConverter=TypeConverters.toInt)
@@ -46,18 +48,18 @@ class HybridInferenceModel(Transformer, HasInputCol, HasOutputCol, DefaultParams
 
     @keyword_only
     def __init__(self, *, inputCol="content", outputCol="prediction", model="resnet18",
-                 weights="random", seed=0, mode="hybrid", batchSize=32, device="auto",
+                 weights="", seed=0, mode="hybrid", batchSize=32, device="auto",
                  numActors=0, topK=0, errorCol="error", rayAddress="", allowPickle=False):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="prediction", model="resnet18",
-                         weights="random", seed=0, mode="hybrid", batchSize=32, device="auto",
+                         weights="", seed=0, mode="hybrid", batchSize=32, device="auto",
                          numActors=0, topK=0, errorCol="error", rayAddress="",
                          allowPickle=False)
         self._set(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol="content", outputCol="prediction", model="resnet18",
-                  weights="random", seed=0, mode="hybrid", batchSize=32, device="auto",
+                  weights="", seed=0, mode="hybrid", batchSize=32, device="auto",
                   numActors=0, topK=0, errorCol="error", rayAddress="", allowPickle=False):
         return self._set(**self._input_kwargs)
 
@@ -69,7 +71,8 @@ class HybridInferenceModel(Transformer, HasInputCol, HasOutputCol, DefaultParams
         get = self.getOrDefault
         settings = PoolSettings(num_actors=get(self.numActors) or None,
                                 batch_size=get(self.batchSize), device=get(self.device))
-        out = infer(dataset, get(self.model), weights=get(self.weights), seed=get(self.seed),
+        out = infer(dataset, get(self.model), weights=get(self.weights) or None,
+                    seed=get(self.seed),
                     mode=get(self.mode), input_col=get(self.inputCol), top_k=get(self.topK),
                     pool=settings, ray_address=get(self.rayAddress) or None,
                     allow_pickle=get(self.allowPickle))

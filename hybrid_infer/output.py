@@ -42,7 +42,10 @@ def result_batch(logits: np.ndarray, errors: list, top_k: int = 0,
     """
     n = len(errors)
     failed = np.array([e is not None for e in errors], dtype=bool)
-    logits = np.ascontiguousarray(logits, dtype=np.float32).reshape(n, -1)
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    # A slice whose rows all failed may come with no outputs at all ((n, 0), (0, C)):
+    # every row still gets its own (null) prediction and top_k, and its error.
+    logits = logits.reshape(n, -1) if logits.size else np.zeros((n, 0), np.float32)
     columns = [_list_column(logits, failed), pa.array(errors, type=pa.string())]
     if top_k:
         columns.append(_top_k_column(logits, failed, top_k, class_names))
@@ -59,7 +62,8 @@ def _list_column(values: np.ndarray, null_rows: np.ndarray) -> pa.Array:
 
 def _top_k_column(logits: np.ndarray, failed: np.ndarray, k: int,
                   class_names: tuple[str, ...] | None = None) -> pa.Array:
-    k = min(k, logits.shape[1]) if logits.size else k
+    n, width = logits.shape
+    k = min(k, width)
     if logits.size:
         shifted = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted)
@@ -67,8 +71,8 @@ def _top_k_column(logits: np.ndarray, failed: np.ndarray, k: int,
         indices = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
         scores = np.take_along_axis(probs, indices, axis=1).astype(np.float32)
     else:
-        indices = np.zeros((0, k), np.int32)
-        scores = np.zeros((0, k), np.float32)
+        indices = np.zeros((n, k), np.int32)
+        scores = np.zeros((n, k), np.float32)
     arrays = [_list_column(indices, failed), _list_column(scores, failed)]
     names = ["indices", "scores"]
     if class_names is not None:

@@ -57,9 +57,9 @@ def cmd_job(args) -> dict:
     settings = pool_settings(args.num_actors)
     # no master given: the session is the one spark-submit set up (--master, --conf)
     with start_runtime(ray_address=args.ray_address) as runtime:
-        pool = Pool.get_or_create(ModelSpec(TEST_MODEL), settings)
+        pool = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), settings)
         df = read_images(runtime.spark, args.images).repartition(args.partitions)
-        out = infer(df, TEST_MODEL, pool=settings, ray_address=args.ray_address,
+        out = infer(df, TEST_MODEL, weights="random", pool=settings, ray_address=args.ray_address,
                     rows_per_batch=5)
         out.write.parquet(args.output)
         sc = runtime.spark.sparkContext

@@ -49,6 +49,23 @@ def clean_env(**extra) -> dict:
     return {**kept, "PATH": venv_bin + os.pathsep + kept.get("PATH", ""),
             "VIRTUAL_ENV": os.path.dirname(venv_bin), **extra}
 
+# Nothing in the tests downloads model weights (there is no network here, and CI must
+# not depend on one): torch's hub cache is an empty folder of this session, and a
+# pretrained torchvision name finds its file there only where a test put it.
+os.environ["TORCH_HOME"] = os.path.join(
+    __import__("tempfile").mkdtemp(prefix="hybrid-infer-torch-home-"), "torch")
+
+
+@pytest.fixture(autouse=True)
+def _no_weight_downloads(monkeypatch):
+    from hybrid_infer.models import torchvision_spec
+
+    def refuse(url, path, hash_prefix):
+        raise OSError(f"tests never download weights ({url}): place the file in "
+                      "torch's hub cache, or pass weights='random'")
+
+    monkeypatch.setattr(torchvision_spec, "_download", refuse)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -131,7 +148,7 @@ def small_pool(ray_address):
 
     from hybrid_infer.pool.registry import Pool
 
-    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL), small_settings())
+    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL, weights="random"), small_settings())
     yield pool
     pool.stop()
 
@@ -167,7 +184,7 @@ def reference_logits(spec: ModelSpec, paths: list[str]) -> dict[str, np.ndarray]
 @pytest.fixture(scope="session")
 def expected(image_dir):
     paths = sorted(os.path.join(image_dir, name) for name in os.listdir(image_dir))
-    return reference_logits(ModelSpec(TEST_MODEL), paths)
+    return reference_logits(ModelSpec(TEST_MODEL, weights="random"), paths)
 
 
 def local_path(uri: str) -> str:

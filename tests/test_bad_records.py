@@ -131,10 +131,11 @@ def test_bad_records_become_row_errors_and_the_job_completes(spark, ray_address,
                                                             mode):
     values = _job_values()
     preprocess = small_preprocess()
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, preprocess)
+    expected = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, preprocess)
     # the reference agrees with what each sample is meant to be
     assert {k for k, v in expected.items() if isinstance(v, str)} == set(BAD)
-    rows = infer(images_frame(spark, values), SMALL_MODEL, mode=mode, pool=small_settings(),
+    rows = infer(images_frame(spark, values), SMALL_MODEL, weights="random",
+                 mode=mode, pool=small_settings(),
                  preprocess=preprocess, ray_address=ray_address, rows_per_batch=3).collect()
     report = assert_rows_exactly(rows, expected)
     assert report["errors"] == len(BAD)
@@ -143,7 +144,8 @@ def test_bad_records_become_row_errors_and_the_job_completes(spark, ray_address,
 def test_fail_fast_raises_on_the_first_bad_row(spark, ray_address, small_pool):
     values = dict(small_jpegs(6, seed=2))
     values["broken"] = SAMPLES["truncated_jpeg"][0]
-    result = infer(images_frame(spark, values), SMALL_MODEL, pool=small_settings(),
+    result = infer(images_frame(spark, values), SMALL_MODEL, weights="random",
+                   pool=small_settings(),
                    preprocess=small_preprocess(), ray_address=ray_address, fail_fast=True)
     with pytest.raises(Exception) as caught:
         result.collect()
@@ -164,13 +166,14 @@ def test_cli_reports_failures_by_reason_and_fails_fast(tmp_path, ray_address, sm
     pq.write_table(table, source)
     env = {**os.environ, **RAY_ENV}
     cli = [sys.executable, "-m", "hybrid_infer.cli", "run", "--input", str(source),
-           "--ray-address", ray_address, "--model", SMALL_MODEL, "--batch-size",
+           "--ray-address", ray_address, "--model", SMALL_MODEL, "--weights", "random",
+           "--batch-size",
            str(SMALL_BATCH), "--num-actors", "2", "--max-pixels", str(TEST_MAX_PIXELS),
            "--no-progress", "--spark-master", "local[1]"]
     done = subprocess.run(cli + ["--output", str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=300, env=env)
     assert done.returncode == 3, done.stderr[-3000:]   # 3: the job ran, some rows failed
-    expected_reasons = reference_rows(ModelSpec(SMALL_MODEL), values, Preprocess(
+    expected_reasons = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, Preprocess(
         max_pixels=TEST_MAX_PIXELS))
     kinds = Counter(_reason_kind(r) for r in expected_reasons.values() if isinstance(r, str))
     assert sum(kinds.values()) == len(BAD)

@@ -82,7 +82,7 @@ def test_output_over_the_input_is_refused_and_the_input_kept(tmp_path, photos, w
     before = digest_tree(tmp_path)
     started = time.perf_counter()
     result = cli(tmp_path, "run", "--input", str(photos), "--output", str(output),
-                 "--model", SMALL_MODEL, "--overwrite")
+                 "--model", SMALL_MODEL, "--weights", "random", "--overwrite")
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result)
     assert {"same": "is the input", "inside": "is inside the input",
@@ -98,7 +98,7 @@ def test_existing_foreign_folder_is_not_replaced_without_overwrite(tmp_path, pho
     (notes / "cat.jpg").write_bytes(rgb_jpeg(seed=7))
     before = digest_tree(notes)
     result = cli(tmp_path, "run", "--input", str(photos), "--output", str(notes),
-                 "--model", SMALL_MODEL)
+                 "--model", SMALL_MODEL, "--weights", "random")
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result)
     assert "already exists" in line and "--overwrite" in line, line
@@ -106,7 +106,7 @@ def test_existing_foreign_folder_is_not_replaced_without_overwrite(tmp_path, pho
     a_file = tmp_path / "report.pdf"
     a_file.write_bytes(b"%PDF-1.4")
     result = cli(tmp_path, "run", "--input", str(photos), "--output", str(a_file),
-                 "--model", SMALL_MODEL)
+                 "--model", SMALL_MODEL, "--weights", "random")
     assert result.returncode == 2 and "is a file" in one_error_line(result)
     assert a_file.read_bytes() == b"%PDF-1.4"
 
@@ -117,7 +117,7 @@ def test_unwritable_output_fails_in_one_line_before_anything_starts(tmp_path, ph
     (tmp_path / "blocker").write_text("a file where a folder would go")
     started = time.perf_counter()
     result = cli(tmp_path, "run", "--input", str(photos), "--output",
-                 output.format(tmp=tmp_path), "--model", SMALL_MODEL)
+                 output.format(tmp=tmp_path), "--model", SMALL_MODEL, "--weights", "random")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "cannot write the output" in one_error_line(result)
     assert time.perf_counter() - started < 60
@@ -168,7 +168,7 @@ def test_ray_address_json_summary_failed_rows_and_reruns(tmp_path, photos, ray_a
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     output = tmp_path / "predictions"
     env = dict(RAY_ADDRESS=ray_address, RAY_AUTH_TOKEN=RAY_ENV["RAY_AUTH_TOKEN"])
-    run = ["run", "--input", str(photos), "--output", str(output), "--model", SMALL_MODEL,
+    run = ["run", "--input", str(photos), "--output", str(output), "--model", SMALL_MODEL, "--weights", "random",
            "--num-actors", "1", "--batch-size", "4", "--spark-master", "local[1]",
            "--no-progress", "--json"]
     first = cli(tmp_path, *run, timeout=400, **env)

@@ -119,7 +119,7 @@ def weights_by_node(actors) -> dict[str, set[tuple[str, int]]]:
 @pytest.fixture(scope="module")
 def cpu_pool(ray_cluster):
     """A CPU pool (no GPU per actor) started with the CLI, as an operator would."""
-    printed = run_cli("pool", "start", "--json", "--device", "cpu", "--num-actors", "2",
+    printed = run_cli("pool", "start", "--json", "--weights", "random", "--device", "cpu", "--num-actors", "2",
                       "--batch-size", "8", "--ray-address", ray_cluster.address)
     status = json.loads(printed)
     assert len(status["actors"]) == 2

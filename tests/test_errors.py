@@ -124,4 +124,4 @@ def test_udf_mode_honours_precision(images_df):
 def infer_udf(df, **settings):
     from hybrid_infer import infer
 
-    return infer(df, TEST_MODEL, mode="udf", batch_size=4, torch_threads=1, **settings)
+    return infer(df, TEST_MODEL, weights="random", mode="udf", batch_size=4, torch_threads=1, **settings)

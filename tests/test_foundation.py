@@ -34,6 +34,10 @@ def test_demo_runs_end_to_end_on_the_embedded_runtime(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rows 12, succeeded 12, failed 0" in result.stdout
+    assert "input files 12, one row each" in result.stdout
+    # offline, the demo runs random weights, and says so (and the job warns)
+    assert "with random weights" in result.stdout
+    assert "RandomWeightsWarning" in result.stderr
     table = pq.read_table(str(workdir / "predictions.parquet"))
     assert table.num_rows == 12
     assert set(table.column_names) >= {"path", "prediction", "error", "top_k"}
@@ -43,7 +47,7 @@ def test_demo_runs_end_to_end_on_the_embedded_runtime(tmp_path):
 
 def test_udf_mode_equals_direct_pytorch(images_df, expected):
     assert images_df.rdd.getNumPartitions() == 3
-    out = infer(images_df, TEST_MODEL, mode="udf", batch_size=TEST_BATCH)
+    out = infer(images_df, TEST_MODEL, weights="random", mode="udf", batch_size=TEST_BATCH)
     rows = out.collect()
     assert len(rows) == images_df.count()
     assert_matches(rows, expected)
@@ -54,7 +58,7 @@ def test_checkpoint_file_gives_the_in_memory_predictions(tmp_path, images_df, im
     from safetensors.torch import save_file
 
     torch.manual_seed(123)
-    model = ModelSpec("mobilenet_v3_small").build_module().eval()
+    model = ModelSpec("mobilenet_v3_small", weights="random").build_module().eval()
     path = str(tmp_path / f"weights{suffix}")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
@@ -85,7 +89,7 @@ def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path):
 
 def test_unknown_model_names_the_choices():
     with pytest.raises(ModelError, match="unknown model 'resnet9000'.*resnet18"):
-        ModelSpec("resnet9000")
+        ModelSpec("resnet9000", weights="random")
 
 
 def test_missing_weights_file_says_what_to_pass():
@@ -106,6 +110,7 @@ def test_wrong_column_lists_the_columns(spark, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "nope", "--input", "{tmp}"], "unknown model 'nope'"),
+    (["--weights", "random", "--model", "nope", "--input", "{tmp}"], "unknown model 'nope'"),
     (["--input", "/no/such/dir"], "input path '/no/such/dir' does not exist"),
 ])
 def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, extra, message):
@@ -125,5 +130,6 @@ def test_parquet_binary_column_input(spark, tmp_path, image_dir, expected):
     from hybrid_infer.sources import read_input
 
     df = read_input(spark, data, column="jpeg")
-    out = infer(df, TEST_MODEL, mode="udf", input_col="jpeg", batch_size=4).collect()
+    out = infer(df, TEST_MODEL, weights="random",
+                mode="udf", input_col="jpeg", batch_size=4).collect()
     assert_matches(out, {p: expected[p] for p in paths})

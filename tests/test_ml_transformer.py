@@ -29,6 +29,7 @@ def test_transformer_in_pipeline_saved_and_loaded_in_fresh_session(
 
 def _pipeline_round_trip(images_df, expected, ray_address, tmp_path):
     stage = HybridInferenceModel(inputCol="content", outputCol="logits", model=TEST_MODEL,
+                                 weights="random",
                                  batchSize=TEST_BATCH, numActors=1, rayAddress=ray_address)
     keep = SQLTransformer(statement="SELECT path, logits, error FROM __THIS__")
     model = Pipeline(stages=[stage, keep]).fit(images_df)

@@ -111,7 +111,7 @@ def test_source_through_the_pool(saved, images_df, expected, ray_address, source
 
 
 def test_model_spec_picks_the_source(saved):
-    assert isinstance(model_spec("resnet18"), ModelSpec)
+    assert isinstance(model_spec("resnet18", weights="random"), ModelSpec)
     assert isinstance(saved["torchscript"], TorchScriptSpec)
     assert isinstance(saved["torch.export"], ExportedProgramSpec)
     assert isinstance(model_spec(FACTORY), FactorySpec)

@@ -20,7 +20,7 @@ from conftest import TEST_BATCH, TEST_MODEL, assert_matches
 
 
 def _key(settings: PoolSettings) -> PoolKey:
-    spec = ModelSpec(TEST_MODEL)
+    spec = ModelSpec(TEST_MODEL, weights="random")
     return PoolKey(spec.identity, weights_digest(spec), settings.compute_settings())
 
 
@@ -41,7 +41,7 @@ def test_unknown_or_unsupported_optimisation_is_refused():
 
 def test_frozen_model_predicts_like_the_eager_one(image_dir):
     # Built like an actor builds it: around read-only object-store-style arrays.
-    spec = ModelSpec(TEST_MODEL)
+    spec = ModelSpec(TEST_MODEL, weights="random")
     arrays = state_dict_to_arrays(spec.load_state_dict())
     decoder = ImageDecoder()
     names = sorted(os.listdir(image_dir))[:5]  # 5: not the example batch size
@@ -59,9 +59,9 @@ def test_frozen_model_predicts_like_the_eager_one(image_dir):
 def test_hybrid_on_a_frozen_pool_equals_direct_pytorch(images_df, expected, ray_address):
     settings = PoolSettings(num_actors=1, batch_size=TEST_BATCH, torch_threads=1,
                             optimize="freeze")
-    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), settings)
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), settings)
     try:
-        out = infer(images_df, TEST_MODEL, mode="hybrid", pool=settings,
+        out = infer(images_df, TEST_MODEL, weights="random", mode="hybrid", pool=settings,
                     ray_address=ray_address)
         assert_matches(out.collect(), expected)
         status = pool.status()

@@ -25,7 +25,7 @@ def pool_settings():
 
 @pytest.fixture(scope="module")
 def warm_pool(ray_address, pool_settings):
-    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings)
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), pool_settings)
     yield pool
     pool.stop()
 
@@ -34,7 +34,7 @@ def warm_pool(ray_address, pool_settings):
 def test_hybrid_equals_direct_pytorch(images_df, expected, ray_address, warm_pool,
                                       pool_settings, rows_per_batch):
     # Arrow batch sizes that do not divide the model batch size (8), over 3 partitions.
-    out = infer(images_df, TEST_MODEL, mode="hybrid", pool=pool_settings,
+    out = infer(images_df, TEST_MODEL, weights="random", mode="hybrid", pool=pool_settings,
                 ray_address=ray_address, rows_per_batch=rows_per_batch)
     rows = out.collect()
     assert len(rows) == images_df.count()
@@ -43,7 +43,8 @@ def test_hybrid_equals_direct_pytorch(images_df, expected, ray_address, warm_poo
 
 def test_rebatching_fills_model_batches(images_df, ray_address, warm_pool, pool_settings):
     before = warm_pool.status()
-    infer(images_df.coalesce(1), TEST_MODEL, pool=pool_settings, ray_address=ray_address,
+    infer(images_df.coalesce(1), TEST_MODEL, weights="random",
+          pool=pool_settings, ray_address=ray_address,
           rows_per_batch=3).collect()
     after = warm_pool.status()
     rows = after["rows"] - before["rows"]
@@ -76,7 +77,7 @@ SECOND_DRIVER = textwrap.dedent("""
     address, images, pool_name = sys.argv[1:4]
     settings = PoolSettings(num_actors=2, batch_size=%d, torch_threads=1)
     with start_runtime(ray_address=address) as runtime:
-        rows = infer(read_images(runtime.spark, images), "%s", pool=settings,
+        rows = infer(read_images(runtime.spark, images), "%s", weights="random", pool=settings,
                      ray_address=address).collect()
         status = Pool.get(pool_name).status()
         print("RESULT" + json.dumps({"rows": len(rows), "status": status}))
@@ -101,12 +102,13 @@ def test_second_driver_process_reuses_the_warm_pool(ray_address, image_dir, warm
 
 
 def test_different_weights_get_a_different_pool(ray_address, warm_pool, pool_settings):
-    other = Pool.get_or_create(ModelSpec(TEST_MODEL, seed=1),
+    other = Pool.get_or_create(ModelSpec(TEST_MODEL, seed=1, weights="random"),
                                PoolSettings(num_actors=1, batch_size=TEST_BATCH))
     try:
         assert other.name != warm_pool.name
         assert other.status()["weights_digest"] != warm_pool.status()["weights_digest"]
-        assert Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings).name == warm_pool.name
+        same = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), pool_settings)
+        assert same.name == warm_pool.name
     finally:
         other.stop()
 
@@ -120,7 +122,7 @@ def test_pool_cli_status_and_stop(ray_address):
     cli = [sys.executable, "-m", "hybrid_infer.cli", "pool"]
     env = {**__import__("os").environ, **RAY_ENV}
     started = subprocess.run(cli + ["start", "--json", "--ray-address", ray_address, "--model",
-                                    "mobilenet_v3_small", "--num-actors", "2"],
+                                    "mobilenet_v3_small", "--weights", "random", "--num-actors", "2"],
                              capture_output=True, text=True, timeout=300, env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     name = json.loads(started.stdout)["name"]
@@ -151,7 +153,7 @@ def test_pool_cli_status_and_stop(ray_address):
 def test_idle_pool_stops_itself(ray_address):
     import time
 
-    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=5),
+    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=5, weights="random"),
                               PoolSettings(num_actors=1, idle_timeout_s=3))
     assert pool.name in Pool.names()
     deadline = time.time() + 60
@@ -163,7 +165,7 @@ def test_idle_pool_stops_itself(ray_address):
 def test_a_pool_the_cluster_cannot_place_fails_clearly(ray_address):
     # Placing has its own bound: a slow weights build (a busy machine) is not this error.
     settings = PoolSettings(num_actors=1, num_cpus_per_actor=64, place_timeout_s=5)
-    spec = ModelSpec("mobilenet_v3_small", seed=9)
+    spec = ModelSpec("mobilenet_v3_small", seed=9, weights="random")
     with pytest.raises(PoolError, match="not placed and loaded within 5 s "
                                         r"\(place_timeout_s\).*'num_cpus': 64.*fewer actors"):
         Pool.get_or_create(spec, settings)
@@ -179,8 +181,8 @@ COLD_DRIVER = textwrap.dedent("""
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.pool.settings import PoolSettings
     ray.init(address=sys.argv[1], namespace="hybrid_infer")
-    pool = Pool.get_or_create(ModelSpec("%s", seed=11), PoolSettings(num_actors=1,
-                                                                     torch_threads=1))
+    pool = Pool.get_or_create(ModelSpec("%s", seed=11, weights="random"),
+                              PoolSettings(num_actors=1, torch_threads=1))
     status = pool.status()
     pool.stop()
     print("RESULT" + json.dumps({"torch_in_driver": "torch" in sys.modules,
@@ -265,9 +267,10 @@ def test_stream_layout_and_its_validation():
 def test_a_two_stream_actor_matches_direct_pytorch(images_df, expected, ray_address):
     settings = PoolSettings(num_actors=1, batch_size=TEST_BATCH, torch_threads=2,
                             num_cpus_per_actor=0.5)
-    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), settings)
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), settings)
     try:
-        rows = infer(images_df, TEST_MODEL, pool=settings, ray_address=ray_address).collect()
+        rows = infer(images_df, TEST_MODEL, weights="random",
+                     pool=settings, ray_address=ray_address).collect()
         assert_matches(rows, expected)
         (actor,) = pool.status()["actors"]
         assert (actor["streams"], actor["threads_per_stream"]) == (2, 1)
@@ -283,7 +286,7 @@ def test_a_pool_holding_a_dead_actor_still_stops_when_idle(ray_address, caplog):
     import ray
 
     caplog.set_level(logging.INFO, logger="hybrid_infer")
-    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=6),
+    pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=6, weights="random"),
                               PoolSettings(num_actors=2, idle_timeout_s=3, torch_threads=1,
                                            num_cpus_per_actor=0.5))
     assert f"started pool {pool.name}" in caplog.text
@@ -307,7 +310,7 @@ def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, ca
     from hybrid_infer.weights import weights_digest
 
     caplog.set_level(logging.INFO, logger="hybrid_infer")
-    spec = ModelSpec("mobilenet_v3_small", seed=8)
+    spec = ModelSpec("mobilenet_v3_small", seed=8, weights="random")
     settings = PoolSettings(num_actors=2, idle_timeout_s=0, torch_threads=1,
                             num_cpus_per_actor=0.5)
     # The manager's logic, run in this process (the detached one logs to its worker log).
@@ -329,7 +332,7 @@ def test_a_job_asking_for_other_placement_is_told_the_pool_keeps_its_own(
     import logging
 
     caplog.set_level(logging.WARNING, logger="hybrid_infer")
-    same = Pool.get_or_create(ModelSpec(TEST_MODEL), pool_settings.replace(
+    same = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), pool_settings.replace(
         idle_timeout_s=60, max_in_flight=5))  # max_in_flight is the job's own: no warning
     assert same.name == warm_pool.name
     (record,) = [r for r in caplog.records if warm_pool.name in r.getMessage()]
@@ -345,7 +348,7 @@ def test_an_actor_that_cannot_start_fails_the_start_with_its_own_error(ray_addre
 
     settings = PoolSettings(num_actors=1, torch_threads=1, num_cpus_per_actor=0.5,
                             embedding_layer="no_such_layer")
-    spec = ModelSpec("mobilenet_v3_small", seed=10)
+    spec = ModelSpec("mobilenet_v3_small", seed=10, weights="random")
     with pytest.raises(ModelError, match="no layer 'no_such_layer'"):
         Pool.get_or_create(spec, settings)
     for name in Pool.names():

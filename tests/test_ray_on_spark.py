@@ -37,7 +37,8 @@ def spark_cluster(tmp_path_factory):
 def test_ray_on_spark_example_runs_the_job(spark_cluster, image_dir, expected, tmp_path):
     output = str(tmp_path / "predictions.parquet")
     argv = spark_submit_argv(spark_cluster.master_url, free_port(), EXAMPLE, image_dir,
-                             output, "--model", TEST_MODEL, "--ray-nodes", "2")
+                             output, "--model", TEST_MODEL, "--weights", "random",
+                              "--ray-nodes", "2")
     # Ray on Spark puts its nodes on the machine's address, as on real machines: the
     # driver must not keep Ray on loopback (the executors' job tasks still join the
     # head at the address setup_ray_cluster returns)

@@ -29,9 +29,9 @@ SETTINGS = PoolSettings(num_actors=1, batch_size=TEST_BATCH, torch_threads=1)
 @pytest.mark.slow
 def test_raydp_mode_matches_hybrid_on_the_same_pool(images_df, image_dir, expected,
                                                     ray_address):
-    pool = Pool.get_or_create(ModelSpec(TEST_MODEL), SETTINGS)
+    pool = Pool.get_or_create(ModelSpec(TEST_MODEL, weights="random"), SETTINGS)
     try:
-        hybrid_rows = infer(images_df, TEST_MODEL, pool=SETTINGS,
+        hybrid_rows = infer(images_df, TEST_MODEL, weights="random", pool=SETTINGS,
                             ray_address=ray_address).collect()
         assert_matches(hybrid_rows, expected)
         pools_before = Pool.names()
@@ -49,7 +49,8 @@ def test_raydp_mode_matches_hybrid_on_the_same_pool(images_df, image_dir, expect
                                       executor_memory="700m")
             df = read_images(spark, {image_dir!r})
             settings = PoolSettings(num_actors=1, batch_size={TEST_BATCH}, torch_threads=1)
-            rows = infer(df, {TEST_MODEL!r}, mode="raydp", pool=settings).collect()
+            rows = infer(df, {TEST_MODEL!r}, weights="random",
+                         mode="raydp", pool=settings).collect()
             print("RESULT" + json.dumps({{
                 "rows": [[r["path"], r["prediction"], r["error"]] for r in rows],
                 "pools": Pool.names()}}))

@@ -43,7 +43,8 @@ def figures(name: str, **values) -> None:
 
 def run_job(spark, ray_address, values, *, preprocess=None, settings=None, **options):
     started = time.perf_counter()
-    rows = infer(images_frame(spark, values), SMALL_MODEL, pool=settings or small_settings(),
+    rows = infer(images_frame(spark, values), SMALL_MODEL, weights="random",
+                 pool=settings or small_settings(),
                  preprocess=preprocess or small_preprocess(), ray_address=ray_address,
                  **{"rows_per_batch": 2, **options}).collect()
     return rows, time.perf_counter() - started
@@ -55,7 +56,7 @@ def test_actor_killed_mid_job_batches_are_resent_and_pool_heals(spark, ray_addre
                                                                 small_pool):
     values = small_jpegs(240, seed=11)
     preprocess = small_preprocess(resize=160, crop=160)  # slow enough to strike mid-job
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, preprocess)
+    expected = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, preprocess)
     run_job(spark, ray_address, small_jpegs(8), preprocess=preprocess)  # warm Spark's workers
     _, baseline_s = run_job(spark, ray_address, values, preprocess=preprocess)
     before = small_pool.status()
@@ -78,7 +79,7 @@ def test_actor_lost_while_idle_is_replaced_by_the_next_job(spark, ray_address, s
     import psutil
 
     values = small_jpegs(24, seed=12)
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, small_preprocess())
+    expected = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, small_preprocess())
     before = small_pool.status()
     victim = max(actor_pids(small_pool))
     os.kill(victim, signal.SIGKILL)
@@ -100,12 +101,13 @@ ROW_BYTES_64 = 3 * 64 * 64 * 4  # one 64x64 RGB float32 input tensor
 @pytest.mark.slow
 def test_batches_over_the_memory_cap_are_split_down_to_one_row(spark, ray_address):
     values = small_jpegs(20, seed=13)
-    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL), small_settings(
+    pool = Pool.get_or_create(ModelSpec(SMALL_MODEL, weights="random"), small_settings(
         num_actors=1, max_batch_bytes=int(2.5 * ROW_BYTES_64)))
     try:
         settings = small_settings(num_actors=1, max_batch_bytes=int(2.5 * ROW_BYTES_64))
         # Batches of 4 rows need 4 x 48 KiB: over the cap; halves of 2 rows fit.
-        expected = reference_rows(ModelSpec(SMALL_MODEL), values, small_preprocess())
+        expected = reference_rows(ModelSpec(SMALL_MODEL,
+                                            weights="random"), values, small_preprocess())
         rows, _ = run_job(spark, ray_address, values, settings=settings, rows_per_batch=4)
         report = assert_rows_exactly(rows, expected)
         status = pool.status()
@@ -179,7 +181,7 @@ def test_batches_held_by_the_pool_are_bounded_by_the_in_flight_window(spark, ray
     tasks, window = 2, 1  # 2 Spark tasks (local[2]) x max_in_flight 1, per actor
     window_bytes = tasks * window * 2 * per_batch
     settings = small_settings(max_in_flight=window)
-    spec = ModelSpec(SMALL_MODEL, seed=3)  # a pool of its own: fresh high-water marks
+    spec = ModelSpec(SMALL_MODEL, seed=3, weights="random")  # a pool of its own: fresh high-water marks
     pool = Pool.get_or_create(spec, settings)
     baseline = _object_store_used()
     peak = [baseline]
@@ -231,6 +233,7 @@ RETRY_DRIVER = textwrap.dedent("""
     spark, _ = start_spark("local[2,4]")
     values = faults.small_jpegs(60, seed=21)
     result = infer(faults.images_frame(spark, values, partitions=3), faults.SMALL_MODEL,
+                   weights="random",
                    pool=faults.small_settings(), preprocess=faults.small_preprocess(),
                    ray_address=address, rows_per_batch=2)
 
@@ -271,7 +274,7 @@ def test_a_retried_spark_task_writes_no_duplicates_and_loses_no_row(tmp_path, ra
     attempts = json.loads(done.stdout.split("RESULT", 1)[1])
     assert attempts == ["attempt-0", "attempt-1"], attempts  # it did die, and was retried
     values = small_jpegs(60, seed=21)
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, small_preprocess())
+    expected = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, small_preprocess())
     rows = pq.read_table(output).to_pylist()
     report = assert_rows_exactly(rows, expected)
     figures("spark_task_retry", faults=1, **report, job_s=round(time.perf_counter() - started, 1))
@@ -287,7 +290,7 @@ def test_unreachable_ray_address_fails_fast_in_the_cli(tmp_path):
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "hybrid_infer.cli", "run", "--input",
                            str(images), "--output", str(tmp_path / "out"), "--ray-address",
-                           address], capture_output=True, text=True,
+                           address, "--weights", "random"], capture_output=True, text=True,
                           timeout=FAIL_WITHIN_S * 2, env={**os.environ, **RAY_ENV})
     seconds = time.perf_counter() - started
     assert done.returncode == 1, done.stderr[-3000:]   # a runtime error, not a usage one
@@ -322,7 +325,7 @@ def test_unreachable_spark_master_fails_fast(spark):
 def test_pool_stopped_mid_job_fails_with_a_clear_error(spark, ray_address):
     values = small_jpegs(240, seed=14)
     settings = small_settings(num_actors=1)
-    spec = ModelSpec(SMALL_MODEL, seed=5)  # a pool of its own
+    spec = ModelSpec(SMALL_MODEL, seed=5, weights="random")  # a pool of its own
     pool = Pool.get_or_create(spec, settings)
 
     def stop_when_busy():
@@ -372,7 +375,7 @@ def test_pickled_checkpoints_cannot_run_code_unless_allowed(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    state = ModelSpec(SMALL_MODEL).load_state_dict()
+    state = ModelSpec(SMALL_MODEL, weights="random").load_state_dict()
     evil, proof = tmp_path / "evil.pt", tmp_path / "code-ran"
     torch.save({**state, "payload": _RunsCode(str(proof))}, evil)
     with pytest.raises(ModelError, match="allow_pickle=True"):
@@ -436,10 +439,10 @@ def test_pool_actors_live_in_the_project_namespace(small_pool):
 def test_a_pool_serving_another_model_is_never_reused(ray_address):
     import ray
 
-    wanted = ModelSpec(SMALL_MODEL, seed=7)
+    wanted = ModelSpec(SMALL_MODEL, seed=7, weights="random")
     settings = small_settings(num_actors=1)
     key = PoolKey(wanted.identity, "random-seed-7", settings.compute_settings())
-    other = ModelSpec("resnet18", seed=7)
+    other = ModelSpec("resnet18", seed=7, weights="random")
     squatter = ray.remote(PoolManager).options(
         name=key.name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
     ).remote(PoolKey(other.identity, "random-seed-7", settings.compute_settings()), other,
@@ -460,7 +463,7 @@ def test_soak_hundreds_of_batches_with_bad_records_and_actor_kills(spark, ray_ad
     keys = sorted(values)
     for n, key in enumerate(keys[::25]):  # a bad record every 25 rows
         values[key] = bad[n % len(bad)][0]
-    expected = reference_rows(ModelSpec(SMALL_MODEL), values, small_preprocess())
+    expected = reference_rows(ModelSpec(SMALL_MODEL, weights="random"), values, small_preprocess())
     killer = ActorKiller(small_pool, every=120, kills=2)
     killer.start()
     rows, seconds = run_job(spark, ray_address, values)  # 600 rows, 2 per batch: 300 batches

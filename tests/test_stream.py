@@ -75,7 +75,7 @@ def test_a_stream_uses_one_warm_pool_and_writes_each_file_once(spark, ray_addres
 
     incoming, output = tmp_path / "incoming", tmp_path / "out"
     incoming.mkdir()
-    spec = ModelSpec(TEST_MODEL, seed=3)
+    spec = ModelSpec(TEST_MODEL, seed=3, weights="random")
     query = start_stream(spark, input_path=str(incoming), output_path=str(output),
                          checkpoint=str(tmp_path / "checkpoint"), model=spec, pool=SETTINGS,
                          ray_address=ray_address, top_k=2)
@@ -141,7 +141,7 @@ def test_a_stream_killed_between_waves_resumes_with_every_file_exactly_once(
     assert sorted(paths) == sorted(files), "files lost or written twice across the restart"
     assert second.returncode == 0, log[-3000:]
     assert "stream stopped" in log
-    status = _pool_status_of(ModelSpec(TEST_MODEL, seed=5))
+    status = _pool_status_of(ModelSpec(TEST_MODEL, seed=5, weights="random"))
     assert status["model_loads"] == 1, "the restarted driver should find the pool warm"
 
 

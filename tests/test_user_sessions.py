@@ -70,9 +70,10 @@ README_AND_INFER = """
     # the Transformer below asks for the same pool settings: it reuses this warm pool
     settings = PoolSettings(num_actors=1, batch_size=8)
     images = read_images(spark, sys.argv[1])
-    rows = infer(images, "mobilenet_v3_small", pool=settings).collect()
+    rows = infer(images, "mobilenet_v3_small", weights="random", pool=settings).collect()
     stage = HybridInferenceModel(inputCol="content", outputCol="logits",
-                                 model="mobilenet_v3_small", batchSize=8, numActors=1)
+                                 model="mobilenet_v3_small", weights="random",
+                                 batchSize=8, numActors=1)
     transformed = stage.transform(images).collect()
     print("RESULT" + json.dumps({
         "doubled": sorted((r["id"], r["x2"]) for r in doubled),
@@ -172,7 +173,7 @@ NO_RAY_EXECUTORS = """
 
     from hybrid_infer import PoolSettings, infer, predict_batch_udf, read_images
 
-    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small",
+    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small", weights="random",
                  pool=PoolSettings(num_actors=1, batch_size=8, torch_threads=1)).collect()
 
     def make_plus_one_fn():
@@ -220,7 +221,7 @@ SUBMITTED = """
     spark = SparkSession.builder.appName("submitted").getOrCreate()   # spark-submit's
     from hybrid_infer import PoolSettings, infer, predict_batch_udf, read_images
 
-    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small",
+    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small", weights="random",
                  pool=PoolSettings(num_actors=1, batch_size=8, torch_threads=1)).collect()
 
     def make_times_three_fn():

@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     from hybrid_infer.runtime import connect_ray
 
     connect_ray(None, num_cpus=2 * args.actors + 2, object_store_memory=1 << 30)
-    spec = ModelSpec(args.model)
+    spec = ModelSpec(args.model, weights="random")
     batch = sample_batch()
 
     pool = Pool.get_or_create(spec, PoolSettings(num_actors=args.actors, torch_threads=1,

@@ -7,11 +7,33 @@ or directory holds structure and weights (TorchScript, torch.export, MLflow).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+
 import pyarrow as pa
 
 from hybrid_infer.servable import Servable
 
 RANDOM_WEIGHTS = "random"
+
+
+class RandomWeightsWarning(UserWarning):
+    """A job runs a model with random (untrained) weights: its predictions are noise."""
+
+
+# Said on every job, not once per process: a job on random weights is worth noticing.
+warnings.simplefilter("always", RandomWeightsWarning)
+
+
+def warn_if_random(spec, stacklevel: int = 3) -> None:
+    """Warn (every time) when `spec` has random weights."""
+    if getattr(spec, "weights", None) == RANDOM_WEIGHTS:
+        name = getattr(spec, "name", None) or getattr(spec, "identity", "the model")
+        warnings.warn(f"{name} runs with random weights (seed {getattr(spec, 'seed', 0)}): "
+                      "its predictions are noise; pass pretrained weights ('DEFAULT' for a "
+                      "torchvision name) or a state_dict file", RandomWeightsWarning,
+                      stacklevel=stacklevel)
 
 
 class ImageModel(Servable):
@@ -57,8 +79,15 @@ class CodeDefinedModel(ImageModel):
         import torch
 
         if on_meta:
-            with torch.device("meta"):
-                return self._construct()
+            try:
+                with torch.device("meta"):
+                    return self._construct()
+            except NotImplementedError:
+                # A builder that computes with tensors while building (torchvision's
+                # regnets) cannot run on meta: build on the CPU, uninitialised; the
+                # caller's load_state_dict(assign=True) then replaces those weights.
+                with _initialisers_disabled():
+                    return self._construct()
         return self._construct()
 
     def load_state_dict(self) -> dict:
@@ -95,3 +124,24 @@ class FileDefinedModel(ImageModel):
 
     def load_module(self):
         return self._load().eval()
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _initialisers_disabled():
+    """torch.nn.init's in-place initialisers leave tensors as they are within the block."""
+    from torch.nn import init
+
+    names = [name for name in dir(init)
+             if name.endswith("_") and not name.startswith("_") and callable(getattr(init, name))]
+    with _INIT_LOCK:
+        originals = {name: getattr(init, name) for name in names}
+        try:
+            for name in names:
+                setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for name, original in originals.items():
+                setattr(init, name, original)

@@ -29,6 +29,8 @@ class FactorySpec(CodeDefinedModel):
     class_names: tuple | None = None
 
     def __post_init__(self):
+        if self.weights is None:  # a factory has no pretrained default
+            object.__setattr__(self, "weights", RANDOM_WEIGHTS)
         if isinstance(self.kwargs, dict):
             object.__setattr__(self, "kwargs", tuple(sorted(self.kwargs.items())))
         self._resolve()  # fail on the driver, not in every actor

@@ -25,7 +25,7 @@ def run_pool_jobs(config: ContenderConfig, spark, *, mode: str, ray_address: str
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.pool.settings import PoolSettings
 
-    spec = ModelSpec(config.model, seed=config.seed)
+    spec = ModelSpec(config.model, seed=config.seed, weights="random")
     actors = config.actors
     settings = PoolSettings(num_actors=actors, batch_size=config.batch_size,
                             device=config.device, precision=config.precision,

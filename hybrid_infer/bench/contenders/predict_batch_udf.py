@@ -16,7 +16,7 @@ def run(config: ContenderConfig) -> dict:
     from pyspark.sql.types import ArrayType, FloatType
 
     spark = spark_session(config)
-    spec = ModelSpec(config.model, seed=config.seed)
+    spec = ModelSpec(config.model, seed=config.seed, weights="random")
     stamp_dir = config.stamp_dir
     threads = max(1, config.threads // config.spark_slots)
 

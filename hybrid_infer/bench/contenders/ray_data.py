@@ -27,7 +27,7 @@ def run(config: ContenderConfig) -> dict:
     data = SparkData(spark, config.image_dir)
     for job in config.jobs:
         data.frame(job["rows"], job["partitions"])
-    spec = ModelSpec(config.model, seed=config.seed)
+    spec = ModelSpec(config.model, seed=config.seed, weights="random")
     stamp_dir = config.stamp_dir
     actors = config.actors  # like the hybrid pool: the threads split among them
 
