@@ -12,25 +12,21 @@ import importlib
 
 # Names load on first use (PEP 562): a Ray actor or Spark worker that imports one
 # submodule (e.g. hybrid_infer.actor.inference) must not pay for pyspark and pandas too.
-_EXPORTS = {
-    "MODES": "hybrid_infer.api", "infer": "hybrid_infer.api",
-    "JobOptions": "hybrid_infer.api", "ModelSource": "hybrid_infer.api",
-    "predict_batch_udf": "hybrid_infer.batch_udf",
-    "Preprocess": "hybrid_infer.decode",
-    "ConfigurationError": "hybrid_infer.errors", "HybridInferError": "hybrid_infer.errors",
-    "InputError": "hybrid_infer.errors", "ModelError": "hybrid_infer.errors",
-    "OutputError": "hybrid_infer.errors",
-    "PoolError": "hybrid_infer.errors", "PoolTimeoutError": "hybrid_infer.errors",
-    "engine_errors": "hybrid_infer.errors",
-    "ModelSpec": "hybrid_infer.models",
-    "Pool": "hybrid_infer.pool.registry",
-    "PoolSettings": "hybrid_infer.pool.settings", "ActorSettings": "hybrid_infer.pool.settings",
-    "PlacementSettings": "hybrid_infer.pool.settings",
-    "ClientSettings": "hybrid_infer.pool.settings",
-    "Runtime": "hybrid_infer.runtime", "start_runtime": "hybrid_infer.runtime",
-    "read_images": "hybrid_infer.sources", "read_input": "hybrid_infer.sources",
-    "read_parquet": "hybrid_infer.sources",
+_EXPORTED_BY_MODULE = {
+    "hybrid_infer.api": ("MODES", "infer", "JobOptions", "ModelSource"),
+    "hybrid_infer.batch_udf": ("predict_batch_udf",),
+    "hybrid_infer.decode": ("Preprocess",),
+    "hybrid_infer.errors": ("ConfigurationError", "HybridInferError", "InputError",
+                            "ModelError", "OutputError", "PoolError", "PoolTimeoutError",
+                            "engine_errors"),
+    "hybrid_infer.models": ("ModelSpec",),
+    "hybrid_infer.pool.registry": ("Pool",),
+    "hybrid_infer.pool.settings": ("PoolSettings", "ActorSettings", "PlacementSettings",
+                                   "ClientSettings"),
+    "hybrid_infer.runtime": ("Runtime", "start_runtime"),
+    "hybrid_infer.sources": ("read_images", "read_input", "read_parquet"),
 }
+_EXPORTS = {name: module for module, names in _EXPORTED_BY_MODULE.items() for name in names}
 
 
 def __getattr__(name: str):

@@ -129,7 +129,7 @@ def test_raycluster_gpu_workers_match_their_ray_resources():
                         if m["mountPath"] == "/dev/shm"]
 
 
-# -- issue 13: the Kubernetes manifests against their operators' own schemas --------------
+# -- the Kubernetes manifests against their operators' own schemas --------------
 SCHEMAS = os.path.join(ROOT, "tests", "schemas")
 
 
@@ -223,7 +223,7 @@ def test_operator_namespace_is_documented():
     assert app["spec"]["driver"]["serviceAccount"] == "spark-operator-spark"
 
 
-# -- issue 13: every image, path and file a config names is produced by this repository ---
+# -- every image, path and file a config names is produced by this repository ---
 def package_version() -> str:
     from hybrid_infer import __version__
 

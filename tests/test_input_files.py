@@ -1,5 +1,5 @@
-"""Every file an input folder holds comes back exactly once (issue 13 item 2), and a
-slice of bad rows gets per-row answers through a real job (issue 14 item 6).
+"""Every file an input folder holds comes back exactly once, and a
+slice of bad rows gets per-row answers through a real job.
 
 Unreadable files: the tests run as root, for whom chmod 000 is still readable, so an
 unreadable file is made as a broken symbolic link and as a FIFO (named pipe).

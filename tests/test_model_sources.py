@@ -1,4 +1,4 @@
-"""Every model source gives the predictions of the in-memory model it came from (issue 6).
+"""Every model source gives the predictions of the in-memory model it came from.
 
 One small in-memory model (resnet18, 10 classes, seeded) is saved in each format; each
 source is loaded directly and through the warm pool, and both must match the in-memory

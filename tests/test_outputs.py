@@ -1,5 +1,5 @@
 """Outputs: top-k with class names, embeddings from a named layer, configurable
-preprocessing, and non-image (numeric array) inputs that skip decoding (issue 6)."""
+preprocessing, and non-image (numeric array) inputs that skip decoding."""
 
 from __future__ import annotations
 

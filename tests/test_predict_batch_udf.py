@@ -1,4 +1,4 @@
-"""hybrid_infer.predict_batch_udf against PySpark's own, case by case (issue 6).
+"""hybrid_infer.predict_batch_udf against PySpark's own, case by case.
 
 Every example of PySpark 3.5's predict_batch_udf docstring runs with both functions on
 the same plain SparkSession and must give the same rows; the same misuse must fail

@@ -1,4 +1,4 @@
-"""The raydp mode: Spark on Ray -> Ray Data -> the SAME warm pool -> Spark (issue 6).
+"""The raydp mode: Spark on Ray -> Ray Data -> the SAME warm pool -> Spark.
 
 A process that started a plain Spark JVM (this one: the `spark` fixture) cannot start
 RayDP's Spark, so the raydp job runs in a subprocess that joins this test's Ray
