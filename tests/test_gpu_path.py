@@ -228,7 +228,7 @@ def test_model_failure_splits_and_fails_only_the_row(model, jpegs):
     actor.runner.forward = fragile
     predictions, errors = _infer(actor, jpegs[:4])
     assert errors == [None] * 4 and all(p is not None for p in predictions)
-    assert actor.stats.split_retries >= 1
+    assert actor.stats()["split_retries"] >= 1
 
 
 # --- settings -------------------------------------------------------------------------

@@ -61,13 +61,13 @@ class InferenceActor(PoolActor):
             optimize=settings.optimize, example_shape=(settings.batch_size, 3, 224, 224),
             embedding_layer=settings.embedding_layer)
         self.streams, stream_threads = settings.stream_layout(self.runner.device, threads)
-        self.stats = PipelineStats()
+        self._pipeline_stats = PipelineStats()  # shared by the CPU and device pipelines
         self.pipeline = InferencePipeline(
             self.runner, settings.batch_size, settings.decode_threads, streams=self.streams,
             stream_setup=lambda: torch.set_num_threads(stream_threads),
             # torch's thread count is per thread (OpenMP): decoding's few tensor ops run
             # single-threaded instead of contending with the model's threads.
-            decode_setup=lambda: torch.set_num_threads(1), stats=self.stats)
+            decode_setup=lambda: torch.set_num_threads(1), stats=self._pipeline_stats)
         self.stream_threads = stream_threads
         #: "gpu": JPEGs decoded on the device; "cpu-uint8": PIL in worker processes, uint8
         #: normalised on the GPU; "cpu": today's decode threads (CPU actors' default).
@@ -109,7 +109,7 @@ class InferenceActor(PoolActor):
 
             pipeline = self._device_pipelines.setdefault(preprocess, DevicePipeline(
                 self.runner, self.settings.batch_size, preprocess, self._cpu_pool,
-                decode_on_device=self.decode == "gpu", stats=self.stats))
+                decode_on_device=self.decode == "gpu", stats=self._pipeline_stats))
         return pipeline
 
     def _decoder(self, options: RequestOptions):
