@@ -260,13 +260,17 @@ def cmd_demo(args) -> int:
     return _report(summary, args)
 
 
-def _check_run_paths(args) -> None:
+def _check_input_exists(args) -> None:
     from hybrid_infer.errors import InputError
-    from hybrid_infer.output_path import check_output
 
     if "://" not in args.input and not os.path.exists(args.input):
         raise InputError(f"input path {args.input!r} does not exist: pass a directory "
                          "of images or a Parquet dataset (--input)")
+
+
+def _check_output(args) -> None:
+    from hybrid_infer.output_path import check_output
+
     check_output(args.input, args.output, overwrite=args.overwrite)
 
 
@@ -279,9 +283,11 @@ def cmd_run(args) -> int:
 
     from hybrid_infer.api import default_preprocess
 
-    # fail on a bad model, input or output before starting anything
-    _before_start(_check_run_paths, args)
+    # fail on a bad input, model or output before starting anything (the input first:
+    # resolving a model may fetch pretrained weights)
+    _before_start(_check_input_exists, args)
     spec = _before_start(_model_spec, args)
+    _before_start(_check_output, args)
     preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
                   if args.max_pixels else None)
     with start_runtime(args.spark_master, args.ray_address) as runtime:
