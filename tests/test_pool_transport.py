@@ -44,7 +44,7 @@ def test_a_tls_pool_serves_spark_tasks_and_refuses_a_wrong_token(spark, ray_addr
     rows = spark.range(40).repartition(2).select(udf("id").alias("y")).collect()
     assert sorted(r["y"] for r in rows) == [i + 0.5 for i in range(40)]
     (name,) = [n for n in Pool.names()
-               if Pool.get(n).describe()["settings"].tls_cert == cert]
+               if Pool.get(n).describe()["actor_settings"].tls_cert == cert]
     address = Pool.get(name).address()
     assert address.manager.startswith("grpc+tls://127.0.0.1:")
     assert all(uri.startswith("grpc+tls://127.0.0.1:") for uri in address.actors)
