@@ -14,7 +14,6 @@ import logging
 import os
 
 from hybrid_infer.errors import InputError
-from hybrid_infer.sources import IMAGE_GLOB
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +21,18 @@ log = logging.getLogger(__name__)
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
 
 
-def read_image_stream(spark, path: str, *, glob: str = IMAGE_GLOB,
+def read_image_stream(spark, path: str, *, glob: str | None = None,
                       max_files_per_trigger: int | None = None):
-    """Streaming DataFrame(path, content) of the image files that appear under `path`."""
+    """Streaming DataFrame(path, content) of the files that appear under `path` (every
+    file, or those `glob`, Spark's pathGlobFilter, matches; one that is not an image gets
+    its `error`)."""
     if "://" not in path and not os.path.isdir(path):
         raise InputError(f"stream input {path!r} is not a directory: pass the folder that "
                          "new image files arrive in (--input)")
     reader = (spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
-              .option("pathGlobFilter", glob).option("recursiveFileLookup", "true"))
+              .option("recursiveFileLookup", "true"))
+    if glob:
+        reader = reader.option("pathGlobFilter", glob)
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", int(max_files_per_trigger))
     return reader.load(path).select("path", "content")

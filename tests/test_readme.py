@@ -75,6 +75,9 @@ SETUPS = {
                                           serialization_format="pt2", signature=_signature,
                                           input_example=_np.zeros((2, 4), _np.float32))
         """), ""),
+    # a folder that image files have arrived in (bash), and the stream's output checked
+    "incoming": ("mkdir -p incoming && cp images/* incoming/\n",
+                 "ls predictions/*.parquet >/dev/null\n"),
 }
 
 
@@ -181,6 +184,13 @@ def assets(tmp_path_factory):
     directory = tmp_path_factory.mktemp("readme_assets")
     generate_jpegs(str(directory / "images"), 4, seed=3, min_side=120, max_side=300)
     torch.save(torchvision.models.resnet50().state_dict(), directory / "resnet50.pt")
+    # The pretrained weights README's examples name, already in torch's hub cache (no
+    # model hub is reachable here): random values under torchvision's own file names.
+    for name in ("resnet18", "resnet50"):
+        entry = torchvision.models.get_model_weights(name).DEFAULT
+        cached = directory / "torch_home" / "hub" / "checkpoints" / os.path.basename(entry.url)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(name).state_dict(), cached)
     (directory / "labels.txt").write_text("cat\ndog\nbird\n")
     (directory / "mypkg").mkdir()
     (directory / "mypkg" / "__init__.py").write_text("")
@@ -227,11 +237,14 @@ def workdir(assets, tmp_path):
     return tmp_path
 
 
-def clean_env(tmpdir: str) -> dict:
-    """What a user's shell with the venv activated has: nothing exported by hand."""
+def clean_env(tmpdir: str, torch_home: str | None = None) -> dict:
+    """What a user's shell with the venv activated has: nothing exported by hand, and
+    a torch cache that already holds the pretrained weights (TORCH_HOME, see assets)."""
     env = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
            "VIRTUAL_ENV": VENV, "HOME": os.environ.get("HOME", "/tmp"),
            "LANG": "C.UTF-8", "TMPDIR": tmpdir}
+    if torch_home:
+        env["TORCH_HOME"] = torch_home
     if os.environ.get("JAVA_HOME"):
         env["JAVA_HOME"] = os.environ["JAVA_HOME"]
     return env
@@ -269,7 +282,7 @@ def script_for(unit: list[Block]) -> tuple[str, str]:
             parts.append(f"print('== README.md line {block.line}', flush=True)\n"
                          f"{before}\n{code}\n{after}")
         else:
-            parts.append(f"echo '== README.md line {block.line}'\n{code}")
+            parts.append(f"echo '== README.md line {block.line}'\n{before}{code}\n{after}")
     header = "set -euo pipefail\n" if unit[0].lang == "bash" else ""
     return unit[0].lang, header + "\n".join(parts)
 
@@ -283,7 +296,7 @@ def run_unit(unit: list[Block], directory) -> tuple[int | None, str]:
     tmpdir = tempfile.mkdtemp(prefix="rdme", dir="/tmp")  # short: Ray's socket paths
     log_path = directory / "output.txt"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=directory, env=clean_env(tmpdir),
+        process = subprocess.Popen(command, cwd=directory, env=clean_env(tmpdir, str(directory / "torch_home")),
                                    stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
