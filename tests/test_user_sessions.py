@@ -144,8 +144,9 @@ def test_pyspark_documented_predict_batch_udf_cases_on_the_users_session(tmp_pat
     result, seconds = run_script(tmp_path, DOCUMENTED_CASES, HERE, timeout=1100)
     print(f"FIGURES documented_cases checks={result['checks']} cases_s={result['seconds']} "
           f"script_s={seconds:.1f} load_avg={os.getloadavg()[0]:.0f}")
+    # How long they take is a figure to report (printed above), not a test: a test must
+    # not depend on the machine being idle.
     assert result["checks"] >= 15
-    assert result["seconds"] < 120, result
 
 
 NO_RAY_EXECUTORS = """
