@@ -114,7 +114,7 @@ def test_infer_groups_its_keywords_by_owner():
     with pytest.raises(InputError, match="pass input_col= too"):
         JobOptions(input_shape=(3, 8, 8))
     assert JobOptions(input_col="x", input_shape=[3, 8, 8]).input_shape == (3, 8, 8)
-    assert ModelSource().weights == "random"
+    assert ModelSource().weights is None  # a named torchvision model: its DEFAULT pretrained weights
 
 
 @pytest.mark.parametrize("optimize", ["freeze", "compile"])
