@@ -111,8 +111,11 @@ def test_a_stream_killed_between_waves_resumes_with_every_file_exactly_once(
             "--batch-size", str(TEST_BATCH), "--num-actors", "1", "--trigger-seconds", "1"]
     # A clean environment: what a user's shell holds, plus the Ray cluster's token
     # (a driver joining a token-auth cluster needs it).
-    env = {name: os.environ[name] for name in ("PATH", "HOME", "JAVA_HOME", "RAY_AUTH_MODE",
-                                               "RAY_AUTH_TOKEN") if name in os.environ}
+    from conftest import RAY_ENV
+
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "JAVA_HOME")
+           if name in os.environ}
+    env.update({name: RAY_ENV[name] for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
 
     def start():
         return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
