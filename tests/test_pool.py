@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -319,6 +320,11 @@ def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, ca
     actors = manager.start(2, None, ray.get_runtime_context().get_node_id())
     try:
         ray.kill(actors[1], no_restart=True)
+        # ray.kill is asynchronous: wait until the actor is gone, or it may still answer.
+        with pytest.raises(ray.exceptions.RayActorError):
+            for _ in range(60):
+                ray.get(actors[1].ping.remote(), timeout=30)
+                time.sleep(0.5)
         assert manager._reap_if_idle(timeout=30) is True
         assert "actor 1 counts as idle: " in caplog.text  # with Ray's reason after it
         assert "idle for" in caplog.text and "stopping it" in caplog.text
