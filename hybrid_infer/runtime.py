@@ -204,7 +204,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
         )
         started = True
     else:
-        prepare_ray_address(address)
+        address = prepare_ray_address(address)
         prepare_token_auth(address)
         try:
             ray.init(address=address, **common)
@@ -221,14 +221,27 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     return gcs_address, started
 
 
-def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
+def prepare_ray_address(address: str, timeout_s: float = 5.0) -> str:
     """Before joining a cluster: fail fast if its GCS does not answer, keep loopback local.
 
-    ray.init would otherwise wait a long time on an unreachable address, and would
-    rewrite 127.0.0.1 to this machine's routable IP, where a loopback head is not.
+    Returns the address to join: 'auto' resolved to the host:port of the cluster on this
+    machine ($RAY_ADDRESS, else the last `ray start`). ray.init would otherwise wait a
+    long time on an unreachable address, and would rewrite 127.0.0.1 (also what 'auto'
+    finds for a loopback head) to this machine's routable IP, where such a head is not.
     """
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return
+    if address == "local" or address.startswith("ray://"):
+        return address
+    if address == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment("auto", None)
+        if not found or found == "auto":
+            raise ConfigurationError(
+                "--ray-address auto found no running Ray on this machine: start one with "
+                "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
+                "--node-ip-address=127.0.0.1`, or pass its host:port")
+        log.info("Ray address 'auto' is %s", found)
+        address = found
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise ConfigurationError(f"Ray address {address!r} is not host:port, 'auto' or ray://")
@@ -243,6 +256,7 @@ def prepare_ray_address(address: str, timeout_s: float = 5.0) -> None:
             "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
             "--node-ip-address=127.0.0.1` or pass the right --ray-address"
         ) from None
+    return address
 
 
 def prepare_token_auth(address: str, timeout_s: float = 5.0) -> None:

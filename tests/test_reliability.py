@@ -309,6 +309,18 @@ def test_unroutable_ray_address_fails_within_the_connect_timeout():
     assert time.perf_counter() - started < 10
 
 
+def test_auto_resolves_to_the_loopback_head_it_finds(ray_address, monkeypatch):
+    """'auto' finds a loopback head (here through RAY_ADDRESS, as `ray job submit` sets
+    it): the engine joins 127.0.0.1 itself, never the routable IP Ray rewrites it to,
+    where a loopback head does not listen."""
+    from hybrid_infer.runtime import prepare_ray_address
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # restored after the test
+    assert prepare_ray_address("auto") == ray_address
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
 def test_unreachable_spark_master_fails_fast(spark):
     from hybrid_infer.runtime import start_spark
 
