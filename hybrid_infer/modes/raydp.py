@@ -15,6 +15,24 @@ from hybrid_infer.errors import ConfigurationError
 from hybrid_infer.transport.protocol import PoolAddress, dumps_options, encode_header
 
 
+MAP_TASK_CPUS = 0.25  # what each Ray Data task that sends a block to the pool holds
+
+
+def _check_room_for_ray_data() -> None:
+    """Fail now, not hang: with RayDP's executors and the pool's actors holding every
+    CPU, Ray Data's tasks would wait forever for one."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < MAP_TASK_CPUS:
+        raise ConfigurationError(
+            f"mode='raydp' needs {MAP_TASK_CPUS} free CPU for Ray Data's tasks, and the Ray "
+            f"cluster has {free:g} left after RayDP's executors and the pool's actors "
+            f"(of {ray.cluster_resources().get('CPU', 0):g}): give Ray more CPUs "
+            "(connect_ray(num_cpus=4) on a small machine), fewer or smaller executors, or "
+            "fewer actors (num_actors, num_cpus_per_actor)")
+
+
 def is_raydp_session(spark) -> bool:
     return spark.sparkContext.master.startswith("ray")
 
@@ -44,9 +62,10 @@ def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], o
         return pa.Table.from_arrays(list(ids.columns) + list(result.columns),
                                     names=id_cols + result.column_names)
 
+    _check_room_for_ray_data()
     dataset = ray.data.from_spark(df.select(*id_cols, input_col))
     results = dataset.map_batches(infer_block, batch_format="pyarrow", zero_copy_batch=True,
-                                  num_cpus=0.25)
+                                  num_cpus=MAP_TASK_CPUS)
     # Materialised once: to_spark would otherwise run the blocks again to find the schema,
     # sending rows to the pool twice.
     return results.materialize().to_spark(spark)
