@@ -58,6 +58,8 @@ class PoolJobRows:
 
         from hybrid_infer.pool.registry import Pool
 
+        if not ray.is_initialized():  # never let a poll start a Ray of its own
+            return sum(self._last.values())
         asked = {}
         for name in Pool.names():
             try:

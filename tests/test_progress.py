@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import threading
 
 import pytest
@@ -60,9 +61,12 @@ def test_demo_shows_rows_as_they_are_answered_and_keeps_ray_and_spark_off_the_co
                    if line.startswith("log of Ray and Spark ")]
     log_path = log_line.split()[-1]
     assert os.path.isfile(log_path), log_line
-    with open(log_path) as handle:
-        logged = handle.read()
-    assert "NativeCodeLoader" in logged and "Token authentication" in logged, logged[-3000:]
+    try:
+        with open(log_path) as handle:
+            logged = handle.read()
+        assert "NativeCodeLoader" in logged and "Token authentication" in logged, logged[-3000:]
+    finally:
+        shutil.rmtree(os.path.dirname(log_path), ignore_errors=True)  # a new folder per run
 
 
 def test_verbose_is_accepted_before_and_after_the_command():
