@@ -103,14 +103,23 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                             "line counts answered requests (default: %(default)s)")
 
 
-def _add_console_options(parser):
-    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+def _add_console_options(parser, *, default=argparse.SUPPRESS):
+    """--verbose, before the command (default False) or after it (SUPPRESS: a command's
+    parser must not overwrite what was given before it)."""
+    parser.add_argument("--verbose", action="store_true", default=default,
                         help="show Ray's and Spark's own messages on the console (default: "
                              "they go to a log file, which the summary names)")
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def _add_progress_options(parser):
-    parser.add_argument("--progress-interval", type=float, default=None,
+    parser.add_argument("--progress-interval", type=_positive_seconds, default=None,
                         help="seconds between progress updates on stderr (default: 2)")
 
 
@@ -146,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"],
                         help="the engine's log records on stderr: pool starts, heals, "
                              "warnings (default: %(default)s)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray's and Spark's own messages on the console (default: "
-                             "they go to a log file, which the summary names)")
+    _add_console_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",

@@ -63,12 +63,10 @@ class PoolJobRows:
         asked = {}
         for name in Pool.names():
             try:
-                actors = Pool.get(name).actors()
-            except Exception as exc:  # stopped between listing and asking: not ours
+                for actor in Pool.get(name).actors():
+                    asked[actor.job_rows.remote(self.job_id)] = actor._actor_id.hex()
+            except Exception as exc:  # stopped since listed, or an older engine's pool
                 log.debug("progress: pool %s did not answer: %s", name, exc)
-                continue
-            for actor in actors:
-                asked[actor.job_rows.remote(self.job_id)] = actor._actor_id.hex()
         ready, _ = (ray.wait(list(asked), num_returns=len(asked), timeout=self._timeout_s)
                     if asked else ([], []))
         for ref in ready:
