@@ -54,6 +54,9 @@ class JobOptions:
     fail_fast: the first failed row stops the job with its id and reason (default:
     every input row comes back exactly once, `error` holding the reason it failed).
     loader_workers: DataLoader workers per UDF call (mode="udf" only).
+    job_id: a name unique to this job: the pool's actors count the rows they answer
+    under it, which is how a progress line (hybrid_infer.progress) follows one job on
+    a warm pool that other jobs share (hybrid and raydp modes; None: not counted).
     """
 
     input_col: str | None = None
@@ -64,6 +67,7 @@ class JobOptions:
     class_names: object = None
     fail_fast: bool = False
     loader_workers: int = 0
+    job_id: str | None = None
 
     def __post_init__(self):
         if self.top_k < 0:
@@ -110,7 +114,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
     options = RequestOptions(preprocess=job.preprocess or default_preprocess(spec), top_k=job.top_k,
                              input_shape=job.input_shape,
                              class_names=_class_names(job.class_names, spec),
-                             batch_timeout_s=pool.client.batch_timeout_s)
+                             batch_timeout_s=pool.client.batch_timeout_s, job_id=job.job_id)
 
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf

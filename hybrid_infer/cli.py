@@ -13,7 +13,7 @@ import os
 import sys
 
 from hybrid_infer.errors import HybridInferError
-from hybrid_infer.pool.settings import PlacementSettings
+from hybrid_infer.pool.settings import ClientSettings, PlacementSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
@@ -64,9 +64,12 @@ def _add_model_options(parser, *, weights_default=None):
 
 
 _PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
+_CLIENT = ClientSettings()
+#: The demo's requests are small, so that its 64 images show progress as they go.
+DEMO_ROWS_PER_BATCH = 8
 
 
-def _add_pool_options(parser):
+def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
     group = parser.add_argument_group("pool")
     group.add_argument("--batch-size", type=int, default=None,
                        help="rows each actor computes at once, shared by its streams "
@@ -95,6 +98,29 @@ def _add_pool_options(parser):
                        help="seconds building the weights may take at pool start")
     group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
                        help="seconds new actors may take to be placed and load the model")
+    group.add_argument("--rows-per-batch", type=int, default=rows_per_batch_default,
+                       help="rows a Spark task sends the pool per request; the progress "
+                            "line counts answered requests (default: %(default)s)")
+
+
+def _add_console_options(parser, *, default=argparse.SUPPRESS):
+    """--verbose, before the command (default False) or after it (SUPPRESS: a command's
+    parser must not overwrite what was given before it)."""
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="show Ray's and Spark's own messages on the console (default: "
+                             "they go to a log file, which the summary names)")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def _add_progress_options(parser):
+    parser.add_argument("--progress-interval", type=_positive_seconds, default=None,
+                        help="seconds between progress updates on stderr (default: 2)")
 
 
 def _pool_settings(args):
@@ -105,7 +131,8 @@ def _pool_settings(args):
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
                         idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
-                        place_timeout_s=args.place_timeout, decode=args.decode)
+                        place_timeout_s=args.place_timeout, decode=args.decode,
+                        rows_per_batch=args.rows_per_batch)
 
 
 def _model_spec(args):
@@ -128,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"],
                         help="the engine's log records on stderr: pool starts, heals, "
                              "warnings (default: %(default)s)")
+    _add_console_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",
@@ -138,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the images and predictions go (default: %(default)s)")
     demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
     _add_output_options(demo)
+    _add_progress_options(demo)
+    _add_console_options(demo)
     _add_model_options(demo, weights_default="random")  # offline: no model hub to fetch from
-    _add_pool_options(demo)
+    _add_pool_options(demo, rows_per_batch_default=DEMO_ROWS_PER_BATCH)
     _add_cluster_options(demo)
 
     run = commands.add_parser("run", help="run a model over an image directory or Parquet",
@@ -158,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse images with more pixels than this before decoding "
                           "(default: 64,000,000)")
     _add_output_options(run)
+    _add_progress_options(run)
+    _add_console_options(run)
     _add_model_options(run)
     _add_pool_options(run)
     _add_cluster_options(run)
@@ -181,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most N new files per micro-batch")
     stream.add_argument("--available-now", action="store_true",
                         help="process the files present now, then exit")
+    _add_console_options(stream)
     _add_model_options(stream)
     _add_pool_options(stream)
     _add_cluster_options(stream)
@@ -204,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "set, else 'auto': the cluster started on this machine)")
         sub.add_argument("--json", action="store_true",
                          help="print JSON instead of a table")
+        _add_console_options(sub)
 
     bench = commands.add_parser("bench", help="benchmark the modes side by side",
                                 description="Run the benchmark, hybrid_infer.bench "
@@ -232,7 +266,33 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _library_logs(args):
+    """The log file of Ray's and Spark's messages for this command, made on first use;
+    None with --verbose (they stay on the console)."""
+    if getattr(args, "verbose", False):
+        return None
+    if getattr(args, "library_logs", None) is None:
+        from hybrid_infer.library_logs import LibraryLogs
+
+        args.library_logs = LibraryLogs()
+    return args.library_logs
+
+
+def _start_runtime(args):
+    """The embedded or named Spark and Ray; their own messages in the command's log
+    file unless --verbose. Spark's log level is its own (WARN), in the file or not."""
+    from hybrid_infer.runtime import start_runtime
+
+    logs = _library_logs(args)
+    if logs is not None:
+        logs.route_ray()
+    return start_runtime(args.spark_master, args.ray_address,
+                         spark_conf=logs.spark_conf() if logs else None, spark_log_level=None)
+
+
 def _report(summary, args) -> int:
+    logs = _library_logs(args)
+    summary.log = logs.path if logs is not None and not logs.is_empty() else None
     print(json.dumps(summary.to_dict()) if args.json else summary.render(), flush=True)
     return EXIT_ROWS_FAILED if summary.failed else EXIT_OK
 
@@ -241,7 +301,6 @@ def cmd_demo(args) -> int:
     from hybrid_infer.demo_data import generate_jpegs
     from hybrid_infer.job import run_job
     from hybrid_infer.output_path import check_output
-    from hybrid_infer.runtime import start_runtime
 
     image_dir = os.path.join(args.workdir, "images")
     output = os.path.join(args.workdir, "predictions.parquet")
@@ -252,11 +311,12 @@ def cmd_demo(args) -> int:
     if args.weights == "random":
         _say(f"the demo runs {args.model} with random weights (seed {args.seed}), so that it "
              "works offline: its predictions are noise (--weights DEFAULT for pretrained)")
-    with start_runtime(args.spark_master, args.ray_address) as runtime:
+    with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
                           model=spec, model_name=args.model, mode=args.mode,
                           pool=_pool_settings(args), ray_address=runtime.ray_address,
-                          top_k=5, overwrite=args.overwrite)
+                          top_k=5, overwrite=args.overwrite,
+                          progress_interval_s=args.progress_interval)
     return _report(summary, args)
 
 
@@ -277,7 +337,6 @@ def _check_output(args) -> None:
 def cmd_run(args) -> int:
     from hybrid_infer.decode import Preprocess
     from hybrid_infer.job import run_job
-    from hybrid_infer.runtime import start_runtime
 
     import dataclasses
 
@@ -290,12 +349,13 @@ def cmd_run(args) -> int:
     _before_start(_check_output, args)
     preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
                   if args.max_pixels else None)
-    with start_runtime(args.spark_master, args.ray_address) as runtime:
+    with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
                           input_col=args.input_col, model=spec, model_name=args.model,
                           mode=args.mode,
                           pool=_pool_settings(args), ray_address=runtime.ray_address,
                           top_k=args.top_k, progress=not args.no_progress,
+                          progress_interval_s=args.progress_interval,
                           fail_fast=args.fail_fast, preprocess=preprocess,
                           overwrite=args.overwrite)
     return _report(summary, args)
@@ -329,7 +389,6 @@ def pool_table(statuses: list[dict]) -> str:
 def cmd_stream(args) -> int:
     import signal
 
-    from hybrid_infer.runtime import start_runtime
     from hybrid_infer.stream import describe_progress, start_stream
 
     from hybrid_infer.output_path import check_not_input, is_local
@@ -338,7 +397,7 @@ def cmd_stream(args) -> int:
     for path in (args.output, args.checkpoint):  # appended to, so only never over the input
         if is_local(args.input) and is_local(path):
             _before_start(check_not_input, args.input, path)
-    with start_runtime(args.spark_master, args.ray_address) as runtime:
+    with _start_runtime(args) as runtime:
         query = start_stream(runtime.spark, input_path=args.input, output_path=args.output,
                              checkpoint=args.checkpoint, trigger_seconds=args.trigger_seconds,
                              available_now=args.available_now,
@@ -369,6 +428,9 @@ def cmd_pool(args) -> int:
     from hybrid_infer.pool.registry import Pool
     from hybrid_infer.runtime import connect_ray
 
+    logs = _library_logs(args)
+    if logs is not None:
+        logs.route_ray()
     connect_ray(args.ray_address)
     if args.pool_command == "start":
         statuses = [Pool.get_or_create(_model_spec(args), _pool_settings(args)).status()]
@@ -414,8 +476,25 @@ def main(argv=None) -> int:
         return handler[args.command](args)
     except HybridInferError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the cause's layout
+        logs = getattr(args, "library_logs", None)
+        if logs is not None and not logs.is_empty():
+            message += f" (Ray's and Spark's messages: {logs.path})"
         print(f"hybrid-infer: error: {message}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+    finally:
+        _keep_or_remove_log(args)
+
+
+def _keep_or_remove_log(args) -> None:
+    """An empty log file is removed; a command without a summary to name a kept one
+    (stream, pool) says where it is."""
+    logs = getattr(args, "library_logs", None)
+    if logs is None:
+        return
+    if logs.is_empty():
+        logs.remove()
+    elif args.command not in ("run", "demo"):
+        _say(f"Ray's and Spark's messages: {logs.path}")
 
 
 if __name__ == "__main__":

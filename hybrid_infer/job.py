@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +25,8 @@ class JobSummary:
     #: lines naming what was skipped and why.
     input_files: int | None = None
     skipped: list = field(default_factory=list)
+    #: The file holding Ray's and Spark's own messages (the command line's), if any.
+    log: str | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -34,7 +38,7 @@ class JobSummary:
                 "failed": self.failed, "errors_by_reason": dict(self.errors_by_reason),
                 "seconds": round(self.seconds, 3),
                 "images_per_s": round(self.images_per_s, 3), "output": self.output,
-                "mode": self.mode, "model": self.model}
+                "mode": self.mode, "model": self.model, "log": self.log}
 
     def render(self) -> str:
         lines = [
@@ -43,6 +47,7 @@ class JobSummary:
             *self._input_lines(),
             f"wall time {self.seconds:.1f} s, {self.images_per_s:.1f} images/s",
             f"output {self.output}",
+            *([f"log of Ray and Spark {self.log}"] if self.log else []),
         ]
         for reason, count in sorted(self.errors_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {count} rows failed: {reason}")
@@ -58,32 +63,41 @@ class JobSummary:
 
 
 def run_job(spark, *, input_path: str, output_path: str, input_col: str = "content",
-            progress: bool = True, model_name: str | None = None, overwrite: bool = False,
+            progress: bool = True, progress_interval_s: float | None = None,
+            model_name: str | None = None, overwrite: bool = False,
             **infer_options) -> JobSummary:
     """Read `input_path`, infer with `infer_options` (see hybrid_infer.infer), write Parquet.
 
     The output is checked before the pool starts (hybrid_infer.output_path): never the
     input or around it, never over data the engine did not write unless `overwrite`,
-    and writable. A completed output gets the engine's marker file.
+    and writable. A completed output gets the engine's marker file. `progress` prints
+    rows done, images/s and ETA on stderr every `progress_interval_s` (progress.py).
     """
     from hybrid_infer.api import infer
     from hybrid_infer.output_path import (check_output, output_exists, remove_failed_output,
                                           write_marker)
-    from hybrid_infer.progress import SparkProgress
+    from hybrid_infer.progress import INTERVAL_S, job_progress
     from hybrid_infer.sources import read_input_listed
 
     check_output(input_path, output_path, overwrite=overwrite, spark=spark)
     existed = output_exists(output_path)
     df, listing = read_input_listed(spark, input_path, column=input_col)
+    mode = infer_options.get("mode", "hybrid")
+    job_id = infer_options.get("job_id") or f"job-{uuid.uuid4().hex}"
+    if mode != "udf":
+        infer_options["job_id"] = job_id  # the pool's actors count its rows under it
     started = time.time()
-    result = infer(df, input_col=input_col, **infer_options)
-    total = df.count() if progress else 0
+    watching = (job_progress(spark, mode=mode, job_id=job_id, total_rows=df.count(),
+                             interval_s=progress_interval_s or INTERVAL_S)
+                if progress else contextlib.nullcontext())
     try:
         with engine_errors():
-            if progress:
-                with SparkProgress(spark, total):
-                    result.write.mode("overwrite").parquet(output_path)
-            else:
+            result = None
+            if mode != "raydp":  # infer() starts or finds the pool; rows flow in the write
+                result = infer(df, input_col=input_col, **infer_options)
+            with watching:
+                if result is None:  # raydp: infer() itself runs the rows through the pool
+                    result = infer(df, input_col=input_col, **infer_options)
                 result.write.mode("overwrite").parquet(output_path)
     except HybridInferError:
         if not existed:
@@ -98,8 +112,7 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
         raise failure from exc
     seconds = time.time() - started
     write_marker(output_path, input_path=input_path, spark=spark)
-    summary = summarise(spark, output_path, seconds=seconds,
-                        mode=infer_options.get("mode", "hybrid"),
+    summary = summarise(spark, output_path, seconds=seconds, mode=mode,
                         model=model_name or str(infer_options.get("model", "resnet18")))
     if listing is not None:
         summary.input_files, summary.skipped = listing.files, listing.skipped_lines()

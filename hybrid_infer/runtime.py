@@ -81,11 +81,15 @@ class Runtime:
 
 
 def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
-                extra_conf: dict[str, str] | None = None):
+                extra_conf: dict[str, str] | None = None, *, log_level: str | None = "ERROR"):
     """Return a SparkSession: a new local one on loopback, or one bound to `master`.
 
     Returns (session, started) where `started` says whether this call created it.
+    `log_level` is set on a session this call creates (None: keep its log4j2
+    configuration's); a session that already existed, the user's, keeps its own.
+    `extra_conf`'s extraJavaOptions are added to the Java 17 ones, others replace.
     """
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -108,11 +112,14 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
     else:
         prepare_spark_master(master)
         builder = builder.master(master)
-    conf.update(extra_conf or {})
+    for key, value in (extra_conf or {}).items():
+        joined = key.endswith(".extraJavaOptions") and key in conf
+        conf[key] = f"{conf[key]} {value}" if joined else value
     for key, value in conf.items():
         builder = builder.config(key, value)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+    existed = SparkContext._active_spark_context is not None  # a session of another thread
     try:
         session = builder.getOrCreate()
     except Exception as exc:  # py4j / JVM errors are cryptic: say what is missing
@@ -121,7 +128,10 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
             "Check that Java 17 is installed and, for a cluster, that the master URL is "
             "reachable (spark://host:7077)."
         ) from exc
-    session.sparkContext.setLogLevel("ERROR")
+    if existed:
+        return session, False
+    if log_level:
+        session.sparkContext.setLogLevel(log_level)
     log.info("started Spark on %s", session.sparkContext.master)
     return session, True
 
@@ -332,11 +342,15 @@ def _keep_ray_on_loopback() -> None:
 
 def start_runtime(spark_master: str | None = None, ray_address: str | None = None, *,
                   spark_conf: dict[str, str] | None = None,
-                  object_store_memory: int | None = None) -> Runtime:
-    """Start (or join) Spark and Ray for one job. Use as a context manager."""
+                  object_store_memory: int | None = None,
+                  spark_log_level: str | None = "ERROR") -> Runtime:
+    """Start (or join) Spark and Ray for one job. Use as a context manager.
+
+    spark_log_level: for a Spark session this starts (start_spark's log_level)."""
     gcs_address, started_ray = connect_ray(ray_address, object_store_memory=object_store_memory)
     try:
-        spark, started_spark = start_spark(spark_master, extra_conf=spark_conf)
+        spark, started_spark = start_spark(spark_master, extra_conf=spark_conf,
+                                           log_level=spark_log_level)
     except BaseException:
         if started_ray:
             import ray

@@ -31,6 +31,8 @@ class RequestOptions:
     class_names: tuple[str, ...] | None = None
     #: The caller's ClientSettings.batch_timeout_s: the actor gives up on a batch then.
     batch_timeout_s: float = 600.0
+    #: The job's JobOptions.job_id: the actor counts the rows it answers under it.
+    job_id: str | None = None
 
 
 class InferenceActor(PoolActor):

@@ -7,6 +7,8 @@
 - `serve_batch(batch, options)`: one request batch -> one result batch; by default
   `self.infer(batch, options)`, the subclass's entry point.
 - `ping()`, and `status()`: the fields every actor reports plus the subclass's `stats()`.
+- `job_rows(job_id)`: rows this actor answered for one job (its streams' options carry
+  `job_id`): the driver's progress line adds them up over the pool (progress.py).
 
 Subclasses set `pool_name`, `index`, `started_at`, `model_loads`, `load_seconds`.
 """
@@ -18,15 +20,19 @@ import time
 
 import pyarrow as pa
 
+from hybrid_infer.actor.job_rows import JobRowCounter
+
 
 class PoolActor:
     _service = None
+    _job_row_counter = None
 
     def serve(self, token: str, tls_cert: str | None = None,
               tls_key: str | None = None) -> str:
         from hybrid_infer.transport.server import FlightService
 
         if self._service is None:
+            self._job_row_counter = JobRowCounter()  # before the first stream can arrive
             self._service = FlightService(self._stream_handler, token=token,
                                           host=node_address(), tls_cert=tls_cert,
                                           tls_key=tls_key)
@@ -35,13 +41,23 @@ class PoolActor:
     def _stream_handler(self, kind: str, options):
         if kind != "infer":
             raise ValueError(f"this actor serves 'infer' streams, not {kind!r}")
-        return lambda batch: self.serve_batch(batch, options)
+        job_id = getattr(options, "job_id", None)
+
+        def serve(batch: pa.RecordBatch) -> pa.RecordBatch:
+            result = self.serve_batch(batch, options)
+            self._job_row_counter.add(job_id, batch.num_rows)
+            return result
+
+        return serve
 
     def serve_batch(self, batch: pa.RecordBatch, options) -> pa.RecordBatch:
         return self.infer(batch, options)
 
     def ping(self) -> bool:
         return True
+
+    def job_rows(self, job_id: str) -> int:
+        return self._job_row_counter.rows(job_id) if self._job_row_counter else 0
 
     def stats(self) -> dict:
         """requests, batches, rows, model_seconds, last_used and the subclass's own."""
