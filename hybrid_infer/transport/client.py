@@ -202,9 +202,9 @@ class PoolClient:
     def map(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """One result batch per input batch, in input order."""
         window: deque[_Item] = deque()
+        self._lease.start()  # before the first batch: a slow upstream is a running job
         try:
             for batch in batches:
-                self._lease.start()  # at the first batch: what comes before may be slow
                 if not self._streams:
                     self._open_all()
                 while len(window) >= self._max_in_flight * max(1, len(self._live())):
