@@ -315,6 +315,7 @@ class PoolManager:
         for actor in actors:
             ray.kill(actor, no_restart=True)
             self._endpoints.pop(actor._actor_id.hex(), None)
+            self._indices.pop(actor._actor_id.hex(), None)
         deadline = time.time() + timeout_s
         for name in names:
             while time.time() < deadline:
