@@ -142,3 +142,21 @@ def test_a_plan_run_after_an_explicit_stop_says_to_run_infer_again(images_df, ra
     error = from_spark(caught.value)
     assert isinstance(error, PoolError), str(caught.value)[-3000:]
     assert "stopped" in str(error) and "run infer() again" in str(error), str(error)
+
+
+def test_an_idle_pool_keeps_min_actors(ray_address):
+    started = pool_cli(ray_address, "start", "--json", "--model", "mobilenet_v3_small",
+                       "--seed", "23", "--weights", "random", "--num-actors", "2",
+                       "--min-actors", "1", "--max-actors", "2", "--idle-timeout", "2",
+                       "--torch-threads", "1")
+    assert started.returncode == 0, started.stderr[-3000:]
+    report = json.loads(started.stdout)
+    assert len(report["actors"]) == 2
+    assert (report["placement"]["min_actors"], report["placement"]["max_actors"]) == (1, 2)
+    pool = Pool.get(report["name"])
+    try:
+        wait_for(lambda: len(pool.actors()) == 1, "the idle pool scales down to min_actors")
+        time.sleep(3)  # past another idle timeout: min_actors is a floor
+        assert len(pool.actors()) == 1
+    finally:
+        pool.stop()
