@@ -316,6 +316,7 @@ _POOL_COLUMNS = [
     ("MODEL", lambda s: s["model"]),
     ("DEVICE", lambda s: ",".join(sorted({str(a.get("device")) for a in s["actors"]})) or "-"),
     ("ACTORS", lambda s: len(s["actors"])),
+    ("LEASES", lambda s: s.get("leases", 0)),  # running jobs: no idle scale-down meanwhile
     ("ROWS", lambda s: s["rows"]),
     ("BATCHES", lambda s: s["batches"]),
     ("LOADS", lambda s: s["model_loads"]),
