@@ -385,7 +385,9 @@ def cmd_pool(args) -> int:
         _before_start(check_actor_count, args.num_actors)
     connect_ray(args.ray_address)
     if args.pool_command == "start":
-        statuses = [Pool.get_or_create(_model_spec(args), _pool_settings(args)).status()]
+        pool = Pool.get_or_create(_model_spec(args), _pool_settings(args))
+        pool.heal()  # one found scaled down (idle, or `pool scale 0`) is warmed up again
+        statuses = [pool.status()]
         print(json.dumps(statuses[0], default=str) if args.json else pool_table(statuses))
     elif args.pool_command == "status":
         names = [args.name] if args.name else Pool.names()

@@ -144,11 +144,11 @@ def test_a_plan_run_after_an_explicit_stop_says_to_run_infer_again(images_df, ra
     assert "stopped" in str(error) and "run infer() again" in str(error), str(error)
 
 
-def test_an_idle_pool_keeps_min_actors(ray_address):
-    started = pool_cli(ray_address, "start", "--json", "--model", "mobilenet_v3_small",
-                       "--seed", "23", "--weights", "random", "--num-actors", "2",
-                       "--min-actors", "1", "--max-actors", "2", "--idle-timeout", "2",
-                       "--torch-threads", "1")
+def test_an_idle_pool_keeps_min_actors_and_pool_start_warms_it_again(ray_address):
+    start = ["start", "--json", "--model", "mobilenet_v3_small", "--seed", "23", "--weights",
+             "random", "--num-actors", "2", "--min-actors", "1", "--max-actors", "2",
+             "--idle-timeout", "2", "--torch-threads", "1"]
+    started = pool_cli(ray_address, *start)
     assert started.returncode == 0, started.stderr[-3000:]
     report = json.loads(started.stdout)
     assert len(report["actors"]) == 2
@@ -158,5 +158,9 @@ def test_an_idle_pool_keeps_min_actors(ray_address):
         wait_for(lambda: len(pool.actors()) == 1, "the idle pool scales down to min_actors")
         time.sleep(3)  # past another idle timeout: min_actors is a floor
         assert len(pool.actors()) == 1
+        again = pool_cli(ray_address, *start)  # the same pool, back to num_actors
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["name"] == pool.name
+        assert len(json.loads(again.stdout)["actors"]) == 2
     finally:
         pool.stop()

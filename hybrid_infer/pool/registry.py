@@ -576,6 +576,9 @@ class Pool:
         }
 
     def stop(self) -> int:
+        """Stop the pool for good: its actors, its manager and the weights' copy. A
+        DataFrame built on it then fails saying to run infer() again (idle pools only
+        scale down: see the module's docstring). Returns how many actors were killed."""
         import ray
 
         killed = self._call("stop")
