@@ -218,8 +218,8 @@ class PoolManager:
                     log.warning("pool %s healed: %d actor(s) replaced in %.1f s",
                                 self.key.name, lost, seconds)
                 if wanted > len(live) + lost:
-                    log.info("pool %s scaled up from %d to %d actor(s) in %.1f s: a job "
-                             "found it scaled down", self.key.name, len(live) + lost,
+                    log.info("pool %s scaled up from %d to %d actor(s) in %.1f s: asked for "
+                             "actors while scaled down", self.key.name, len(live) + lost,
                              wanted, seconds)
             return list(self._actors)
 

@@ -7,8 +7,9 @@ Three parts, each read by one party:
   gets its own pool, never a silently reused one. Actors receive only this part.
 - PlacementSettings: how many actors (and the bounds it scales within), where they
   run, how long starting may take and when the idle pool scales down. Read by the
-  pool's manager when it starts, scales and reaps; a later job's different values do not restart a running pool (it logs a
-  warning naming the pool's own values, which `pool status` also shows).
+  pool's manager when it starts, scales and reaps; a later job's different values do
+  not restart a running pool (it logs a warning naming the pool's own values, which
+  `pool status` also shows).
 - ClientSettings: how one job's tasks talk to the pool (window, batch timeout, rows
   per request). Read by the job's caller only, per job; never part of the pool.
 
