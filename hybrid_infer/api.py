@@ -127,8 +127,12 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         from hybrid_infer.runtime import connect_ray
 
         connect_ray(ray_address)  # the driver joins Ray; its tasks only speak Flight
-        address = Pool.get_or_create(spec, pool).address()
         client = pool.client  # this job's, whoever started the pool
+        running = Pool.get_or_create(spec, pool)
+        # Hold the pool for the plan's first tasks (each then holds its own lease); a
+        # plan run after this lease ended finds the pool scaled down, and it scales up.
+        running.lease(client.plan_lease_s)
+        address = running.address()
         stream = dict(address=address, input_col=input_col, id_cols=id_cols, options=options,
                       rows_per_batch=client.rows_per_batch,
                       max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s)

@@ -74,7 +74,9 @@ def predict_batch_udf(
         """The pandas UDF bound to the pool's current address (started if stopped)."""
         from hybrid_infer.pool.registry import Pool
 
-        address = Pool.get_or_create(spec, settings).address()
+        running = Pool.get_or_create(spec, settings)
+        running.lease(settings.client.plan_lease_s)  # for the plan's first tasks (api.infer)
+        address = running.address()
         if address not in made:
             num_inputs = len(input_names) if input_names else \
                 len(_parameter_names(Pool.get(address.pool_name)))

@@ -80,7 +80,13 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                        help="model threads per actor, each on torch-threads/streams "
                             "threads (default: one per torch thread on CPU, one on GPU)")
     group.add_argument("--num-actors", type=int, default=None,
-                       help="actors in the pool (default: one per GPU, else one)")
+                       help="actors in the pool, and what it scales back up to when work "
+                            "arrives (default: one per GPU, else one)")
+    group.add_argument("--min-actors", type=int, default=_PLACEMENT.min_actors,
+                       help="actors an idle pool keeps (default: %(default)s: an idle pool "
+                            "frees every actor and scales up again for the next job)")
+    group.add_argument("--max-actors", type=int, default=None,
+                       help="the most actors the pool may have (default: no bound)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                        help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
@@ -92,7 +98,8 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
     group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
                        help="one-time model optimisation paid at pool start (default: none)")
     group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
-                       help="seconds without work before the pool stops itself (0: never; "
+                       help="seconds without work and without a running job before the "
+                            "pool scales down to --min-actors (0: never; "
                             "default: %(default)s)")
     group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
                        help="seconds building the weights may take at pool start")
@@ -126,7 +133,8 @@ def _add_progress_options(parser):
 def _pool_settings(args):
     from hybrid_infer.pool.settings import PoolSettings
 
-    return PoolSettings(num_actors=args.num_actors, batch_size=args.batch_size,
+    return PoolSettings(num_actors=args.num_actors, min_actors=args.min_actors,
+                        max_actors=args.max_actors, batch_size=args.batch_size,
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
@@ -228,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--name", help="one pool's name (default: all)")
     stop = pool_commands.add_parser("stop", help="stop a pool (or all) and its actors")
     stop.add_argument("--name", help="the pool's name (default: every pool)")
-    scale = pool_commands.add_parser("scale", help="change a pool's number of actors")
+    scale = pool_commands.add_parser(
+        "scale", help="change a pool's number of actors (0: free them until a job arrives)")
     scale.add_argument("--name", required=True)
     scale.add_argument("--num-actors", type=int, required=True)
     for sub in (start, status, stop, scale):
@@ -367,6 +376,7 @@ _POOL_COLUMNS = [
     ("MODEL", lambda s: s["model"]),
     ("DEVICE", lambda s: ",".join(sorted({str(a.get("device")) for a in s["actors"]})) or "-"),
     ("ACTORS", lambda s: len(s["actors"])),
+    ("LEASES", lambda s: s.get("leases", 0)),  # running jobs: no idle scale-down meanwhile
     ("ROWS", lambda s: s["rows"]),
     ("BATCHES", lambda s: s["batches"]),
     ("LOADS", lambda s: s["model_loads"]),
@@ -425,15 +435,21 @@ def cmd_stream(args) -> int:
 
 
 def cmd_pool(args) -> int:
+    from hybrid_infer.errors import ConfigurationError
     from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.pool.settings import check_actor_count
     from hybrid_infer.runtime import connect_ray
 
+    if args.pool_command == "scale":
+        _before_start(check_actor_count, args.num_actors)
     logs = _library_logs(args)
     if logs is not None:
         logs.route_ray()
     connect_ray(args.ray_address)
     if args.pool_command == "start":
-        statuses = [Pool.get_or_create(_model_spec(args), _pool_settings(args)).status()]
+        pool = Pool.get_or_create(_model_spec(args), _pool_settings(args))
+        pool.heal()  # one found scaled down (idle, or `pool scale 0`) is warmed up again
+        statuses = [pool.status()]
         print(json.dumps(statuses[0], default=str) if args.json else pool_table(statuses))
     elif args.pool_command == "status":
         names = [args.name] if args.name else Pool.names()
@@ -450,7 +466,10 @@ def cmd_pool(args) -> int:
             if not names:
                 print("no pools running")
     elif args.pool_command == "scale":
-        actors = len(Pool.get(args.name).scale(args.num_actors))
+        try:
+            actors = len(Pool.get(args.name).scale(args.num_actors))
+        except ConfigurationError as exc:  # outside the pool's min/max: the asker's to fix
+            raise UsageError(str(exc)) from exc
         print(json.dumps({"name": args.name, "actors": actors}) if args.json
               else f"{args.name}: {actors} actors")
     return EXIT_OK

@@ -24,8 +24,9 @@ class HybridInferError(Exception):
         return f"{cls.__module__}.{cls.__qualname__}"
 
 
-class ConfigurationError(HybridInferError):
-    """A setting, address or name is wrong or unreachable."""
+class ConfigurationError(HybridInferError, ValueError):
+    """A setting, address or name is wrong or unreachable (a ValueError too: a bad value
+    given to the Python API, such as a negative pool size)."""
 
 
 class InputError(HybridInferError):

@@ -151,16 +151,25 @@ def test_pool_cli_status_and_stop(ray_address):
     assert not any(psutil.pid_exists(pid) for pid in pids), "actor processes left behind"
 
 
-def test_idle_pool_stops_itself(ray_address):
+def test_an_idle_pool_scales_to_zero_and_keeps_its_manager(ray_address):
     import time
+
+    import ray
 
     pool = Pool.get_or_create(ModelSpec("mobilenet_v3_small", seed=5, weights="random"),
                               PoolSettings(num_actors=1, idle_timeout_s=3))
-    assert pool.name in Pool.names()
-    deadline = time.time() + 60
-    while pool.name in Pool.names() and time.time() < deadline:
-        time.sleep(1)
-    assert pool.name not in Pool.names(), "idle pool still running after 60 s"
+    try:
+        assert len(pool.actors()) == 1
+        deadline = time.time() + 60
+        while pool.actors() and time.time() < deadline:
+            time.sleep(1)
+        assert pool.actors() == [], "idle pool still has its actor after 60 s"
+        assert pool.name in Pool.names()  # the manager stays, with the weights
+        assert pool.status()["weights_bytes"] > 0
+        with pytest.raises(ValueError):
+            ray.get_actor(f"{pool.name}-actor-0")
+    finally:
+        pool.stop()
 
 
 def test_a_pool_the_cluster_cannot_place_fails_clearly(ray_address):
@@ -280,7 +289,7 @@ def test_a_two_stream_actor_matches_direct_pytorch(images_df, expected, ray_addr
         pool.stop()
 
 
-def test_a_pool_holding_a_dead_actor_still_stops_when_idle(ray_address, caplog):
+def test_a_pool_holding_a_dead_actor_still_scales_down_when_idle(ray_address, caplog):
     import logging
     import time
 
@@ -292,13 +301,16 @@ def test_a_pool_holding_a_dead_actor_still_stops_when_idle(ray_address, caplog):
                                            num_cpus_per_actor=0.5))
     assert f"started pool {pool.name}" in caplog.text
     ray.kill(pool.actors()[0], no_restart=True)
-    started = time.time()
-    while pool.name in Pool.names() and time.time() < started + 45:
-        time.sleep(0.5)
-    assert pool.name not in Pool.names(), "a pool with a dead actor never stopped when idle"
-    for index in range(2):  # its live actor went with it
-        with pytest.raises(ValueError):
-            ray.get_actor(f"{pool.name}-actor-{index}")
+    try:
+        started = time.time()
+        while pool.actors() and time.time() < started + 45:
+            time.sleep(0.5)
+        assert pool.actors() == [], "a pool with a dead actor never scaled down when idle"
+        for index in range(2):  # its live actor went with it
+            with pytest.raises(ValueError):
+                ray.get_actor(f"{pool.name}-actor-{index}")
+    finally:
+        pool.stop()
 
 
 def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, caplog):
@@ -327,7 +339,7 @@ def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, ca
                 time.sleep(0.5)
         assert manager._reap_if_idle(timeout=30) is True
         assert "actor 1 counts as idle: " in caplog.text  # with Ray's reason after it
-        assert "idle for" in caplog.text and "stopping it" in caplog.text
+        assert "idle for" in caplog.text and "scaled down from 2 to 0 actor(s)" in caplog.text
         assert manager.actors() == []
     finally:
         manager.stop()

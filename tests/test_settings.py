@@ -24,9 +24,9 @@ CHANGED = {
     "batch_size": 7, "device": "cpu", "precision": "bf16", "channels_last": True,
     "optimize": "compile", "torch_threads": 3, "streams": 1, "decode_threads": 5,
     "max_batch_bytes": 1 << 20, "embedding_layer": "avgpool", "decode": "gpu",
-    "num_actors": 3, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
+    "num_actors": 3, "min_actors": 1, "max_actors": 4, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
     "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
-    "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13,
+    "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13, "plan_lease_s": 15.0,
     "tls_cert": "pool.crt", "tls_key": "pool.key",
 }
 #: Settings that are only valid together: changing one changes the other too.
@@ -97,6 +97,13 @@ def test_flat_keywords_go_to_their_part_and_read_back_flat():
     ({"batch_timeout_s": 0}, "batch_timeout_s must be > 0"),
     ({"max_in_flight": 0}, "max_in_flight must be >= 1"),
     ({"rows_per_batch": 0}, "rows_per_batch must be >= 1"),
+    ({"min_actors": -1}, "min_actors must be >= 0, got -1"),
+    ({"max_actors": 0}, "max_actors must be >= 1, got 0"),
+    ({"min_actors": 3, "max_actors": 2}, r"min_actors \(3\) must be <= max_actors \(2\): "
+                                         "lower min_actors or raise max_actors"),
+    ({"num_actors": 5, "max_actors": 2}, r"num_actors \(5\) must be within"),
+    ({"num_actors": 1, "min_actors": 2}, r"num_actors \(1\) must be within"),
+    ({"plan_lease_s": -1}, "plan_lease_s must be >= 0"),
     ({"actor": PlacementSettings()}, "takes ActorSettings, got PlacementSettings"),
 ])
 def test_validation_names_the_setting_and_the_fix(settings, message):
@@ -122,3 +129,37 @@ def test_udf_mode_refuses_what_it_cannot_honour(optimize):
     with pytest.raises(ConfigurationError, match=f"mode='udf' cannot run optimize='{optimize}'"
                                                  ".*use mode='hybrid'"):
         infer(None, "resnet18", mode="udf", optimize=optimize)
+
+
+def test_pool_sizes_are_bounded_and_a_bad_one_is_a_value_error():
+    from hybrid_infer.pool.settings import check_actor_count
+
+    placement = PlacementSettings(min_actors=1, max_actors=3)
+    assert [placement.bounded(n) for n in (0, 1, 2, 3, 9)] == [1, 1, 2, 3, 3]
+    assert PlacementSettings().bounded(0) == 0 and PlacementSettings().bounded(9) == 9
+    assert check_actor_count(0) == 0 and check_actor_count(2, placement) == 2
+    # the Python API's usage errors are ValueErrors that say what to do
+    for size in (-1, 1.5, "2"):
+        with pytest.raises(ValueError, match="whole number >= 0.*pass 0 to free every actor"):
+            check_actor_count(size)
+    with pytest.raises(ValueError, match="between 1 .* and 3 .* cannot scale to 4"):
+        check_actor_count(4, placement)
+    with pytest.raises(ValueError, match="min_actors must be >= 0"):
+        PoolSettings(min_actors=-2)
+
+
+def test_a_lease_counts_until_released_or_expired_and_idleness_counts_from_its_end():
+    from hybrid_infer.pool.leases import LeaseBook
+
+    now = [100.0]
+    book = LeaseBook(clock=lambda: now[0])
+    assert book.last_end == 100.0 and book.active() == 0
+    assert book.hold("task-a", 30) is True and book.hold("plan", 5) is True
+    now[0] = 110.0
+    assert book.hold("task-a", 30) is False  # a renewal: now until 140
+    assert book.active() == 1 and book.last_end == 105.0  # the plan's lease expired at 105
+    now[0] = 120.0
+    book.release("task-a")
+    assert book.active() == 0 and book.last_end == 120.0
+    book.release("task-a")  # twice: nothing changes
+    assert book.last_end == 120.0

@@ -1,4 +1,4 @@
-"""Named, detached pools: get-or-create by key, status, scale, heal, idle timeout, stop.
+"""Named, detached pools: get-or-create by key, status, scale, heal, leases, idle scale-down, stop.
 
 A pool is a detached `PoolManager` actor named after the PoolKey, in the engine's own
 namespace, plus its InferenceActors. The manager owns the object-store copy of the
@@ -17,6 +17,16 @@ Flight itself, as the pool's stable entry point: its "endpoints" action returns 
 live actors' URIs, replacing dead actors first when asked. `Pool.address()` gives the
 driver the PoolAddress (manager and actor URIs, token, TLS certificate) it ships to
 its tasks.
+
+A pool lives as long as the jobs that need it. Running jobs hold leases on it (its
+"lease" action, pool/leases.py): the driver's when infer() builds the plan, each
+task's while it maps. After `idle_timeout_s` with no lease and no work, the manager
+scales the pool down to `min_actors` (default 0) but stays: it is the pool's stable
+entry point and keeps the weights' one object-store copy, so a DataFrame built
+earlier still finds it. A job that arrives (a new lease) or a client that finds no
+live actors (the "endpoints" action) scales it back up to `num_actors`. Only an
+explicit stop (`pool stop`, Pool.stop) ends the manager; a plan run after that fails
+telling the user to run infer() again.
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ import json
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import asdict, replace
 
 from hybrid_infer.errors import HybridInferError, PoolError, from_spark
-from hybrid_infer.pool.settings import PoolKey, PoolSettings
+from hybrid_infer.pool.leases import LeaseBook
+from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE
 from hybrid_infer.servable import payload_nbytes
 from hybrid_infer.transport.protocol import PoolAddress
@@ -67,6 +79,8 @@ class PoolManager:
         self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
+        self._leases = LeaseBook()
+        self._growing = False  # a scale-up for arriving work is under way
         self._token = secrets.token_urlsafe(32)
         self._service = self._serve_flight()
         if self.placement.idle_timeout_s:
@@ -79,12 +93,30 @@ class PoolManager:
 
         return FlightService(None, token=self._token, host=node_address(),
                              tls_cert=self.actor_settings.tls_cert, tls_key=self.actor_settings.tls_key,
-                             actions={"endpoints": self._endpoints_action}, max_workers=4)
+                             actions={"endpoints": self._endpoints_action,
+                                      "lease": self._lease_action}, max_workers=4)
 
     def _endpoints_action(self, body: bytes) -> bytes:
+        """The live actors' URIs; with "heal", dead actors are replaced first and a pool
+        scaled down (idle, or `pool scale 0`) scales back up: a client asking is work."""
         asked = json.loads(body or b"{}")
         actors = self.heal() if asked.get("heal") else self.actors()
         return json.dumps({"actors": self._uris(actors)}).encode()
+
+    def _lease_action(self, body: bytes) -> bytes:
+        """Take, renew or release a task's lease (transport/lease.py's request)."""
+        asked = json.loads(body)
+        if asked.get("release"):
+            self._leases.release(asked["id"])
+        else:
+            self.hold_lease(asked["id"], float(asked["ttl_s"]))
+        return json.dumps({"leases": self._leases.active()}).encode()
+
+    def hold_lease(self, lease_id: str, ttl_s: float) -> None:
+        """Take or renew a lease; a new one is a job arriving, so a pool scaled down
+        starts growing back to num_actors now, in the background."""
+        if self._leases.hold(lease_id, ttl_s):
+            self._grow_for_work()
 
     def _uris(self, actors: list) -> list[str]:
         return [self._endpoints[a._actor_id.hex()] for a in actors
@@ -122,6 +154,7 @@ class PoolManager:
                     self._weights_ref = ray.put(payload)
                     self._weights_bytes = payload_nbytes(payload)
             self._scale_locked(num_actors)
+            self.placement = replace(self.placement, num_actors=num_actors)  # the busy size
             log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
                      self.key.name, len(self._actors), self._weights_bytes,
                      time.perf_counter() - started, self.key.describe())
@@ -156,7 +189,8 @@ class PoolManager:
         return list(self._actors)
 
     def heal(self) -> list:
-        """Replace actors that died; returns the live set."""
+        """Replace actors that died, and scale a pool that work finds scaled down back
+        up to num_actors; returns the live set."""
         import ray
 
         with self._lock:
@@ -173,31 +207,72 @@ class PoolManager:
                     self._replaced += 1
                     log.warning("pool %s: actor %d is lost, replacing it: %s", self.key.name,
                                 self._index_of(actor), _cause(exc))
-            wanted = len(self._actors)
+            lost = len(self._actors) - len(live)
+            wanted = max(len(self._actors), self._busy_size())
             if len(live) < wanted:
                 self._actors = live
                 self._scale_locked(wanted)
-                self._last_heal_s = round(time.perf_counter() - started, 3)
-                log.warning("pool %s healed: %d actor(s) replaced in %.1f s", self.key.name,
-                            wanted - len(live), self._last_heal_s)
+                seconds = time.perf_counter() - started
+                if lost:
+                    self._last_heal_s = round(seconds, 3)
+                    log.warning("pool %s healed: %d actor(s) replaced in %.1f s",
+                                self.key.name, lost, seconds)
+                if wanted > len(live) + lost:
+                    log.info("pool %s scaled up from %d to %d actor(s) in %.1f s: asked for "
+                             "actors while scaled down", self.key.name, len(live) + lost,
+                             wanted, seconds)
             return list(self._actors)
 
     def scale(self, num_actors: int) -> list:
+        """Scale to `num_actors` now. 0 frees every actor until work arrives, when the
+        pool scales back up to its num_actors; a larger size becomes its num_actors."""
+        check_actor_count(num_actors, self.placement)
         with self._lock:
             before = len(self._actors)
             self._scale_locked(num_actors)
-            self.placement = replace(self.placement, num_actors=num_actors)
-            log.info("pool %s scaled from %d to %d actor(s)", self.key.name, before,
-                     len(self._actors))
+            if num_actors:
+                self.placement = replace(self.placement, num_actors=num_actors)
+            log.info("pool %s scaled from %d to %d actor(s) on request%s", self.key.name,
+                     before, len(self._actors), "" if num_actors else
+                     f"; it scales back to {self._busy_size()} when a job arrives")
             return list(self._actors)
+
+    def _busy_size(self) -> int:
+        """How many actors work gets: num_actors, within [min_actors, max_actors]."""
+        return self.placement.bounded(self.placement.num_actors or max(1, len(self._actors)))
+
+    def _grow_for_work(self) -> None:
+        """Scale up to the busy size in the background, unless already there or under way."""
+        if (self._growing or self._stopping or not self.is_started()
+                or len(self._actors) >= self._busy_size()):
+            return
+        self._growing = True
+        threading.Thread(target=self._grow, daemon=True, name="pool-grow").start()
+
+    def _grow(self) -> None:
+        try:
+            with self._lock:
+                before, wanted = len(self._actors), self._busy_size()
+                if self._stopping or before >= wanted:
+                    return
+                started = time.perf_counter()
+                self._scale_locked(wanted)
+                log.info("pool %s scaled up from %d to %d actor(s) in %.1f s: a job arrived",
+                         self.key.name, before, wanted, time.perf_counter() - started)
+        except Exception:  # the job's clients ask again (endpoints) and see the error
+            log.exception("pool %s: scaling up for a job failed", self.key.name)
+        finally:
+            self._growing = False
 
     def _scale_locked(self, num_actors: int) -> None:
         import ray
 
         if self._weights_ref is None:
             raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
-        while len(self._actors) > num_actors:
-            ray.kill(self._actors.pop())
+        check_actor_count(num_actors)
+        if len(self._actors) > num_actors:
+            self._kill_and_wait(self._actors[num_actors:])
+            del self._actors[num_actors:]
         used = {self._index_of(a) for a in self._actors}
         index = 0
         new = []
@@ -230,6 +305,25 @@ class PoolManager:
                 self._endpoints[actor._actor_id.hex()] = uri
             self._actors.extend(new)
         self._last_change = time.time()
+
+    def _kill_and_wait(self, actors: list, timeout_s: float = 30.0) -> None:
+        """Kill actors and wait until their names are free: ray.kill is asynchronous, and
+        a scale-up soon after reuses the names (actor-0, actor-1...)."""
+        import ray
+
+        names = [f"{self.key.name}-actor-{self._index_of(actor)}" for actor in actors]
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+            self._endpoints.pop(actor._actor_id.hex(), None)
+            self._indices.pop(actor._actor_id.hex(), None)
+        deadline = time.time() + timeout_s
+        for name in names:
+            while time.time() < deadline:
+                try:
+                    ray.get_actor(name, namespace=NAMESPACE)
+                except ValueError:
+                    break
+                time.sleep(0.1)
 
     def _index_of(self, actor) -> int:
         return self._indices.get(actor._actor_id.hex(), -1)
@@ -275,35 +369,36 @@ class PoolManager:
         return count
 
     def _idle_reaper(self) -> None:
-        """Stop the pool after idle_timeout_s without work, whatever its actors' state."""
-        import ray
-
+        """Scale the pool down to min_actors after idle_timeout_s without work and
+        without leases, whatever its actors' state; the manager stays (see the module)."""
         period = min(30.0, max(1.0, self.placement.idle_timeout_s / 4))
         while not self._stopping:
             time.sleep(period)
             try:
-                if not self._reap_if_idle(timeout=max(5.0, period)):
-                    continue
+                self._reap_if_idle(timeout=max(5.0, period))
             except Exception:  # never let one bad round end the reaper
                 log.exception("pool %s: the idle check failed; trying again in %.0f s",
                               self.key.name, period)
-                continue
-            ray.kill(ray.get_runtime_context().current_actor)
-            return
 
     def _reap_if_idle(self, timeout: float = 30.0) -> bool:
-        """Stop the actors when the pool has been idle past its timeout; True if stopped.
+        """Scale down to min_actors when the pool has been idle past its timeout with no
+        lease held; True if it scaled down.
 
-        A dead actor does no work: it counts as idle (the next job heals it). An actor
-        that does not answer in `timeout` may be busy: the pool is not idle then.
+        A dead actor does no work: it counts as idle (the next job heals it), and goes
+        first. An actor that does not answer in `timeout` may be busy: not idle then.
         """
         import ray
 
+        floor = self.placement.min_actors
+        if len(self.actors()) <= floor or self._leases.active():
+            return False
         refs = {}
+        dead = set()
         for actor in self.actors():
             try:
                 refs[actor.status.remote()] = actor
             except Exception as exc:  # a dead actor's handle may refuse the call itself
+                dead.add(actor._actor_id.hex())
                 log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
                             self._index_of(actor), _cause(exc))
         ready, waiting = (ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
@@ -317,18 +412,23 @@ class PoolManager:
             try:
                 last_used = max(last_used, ray.get(ref)["last_used"])
             except Exception as exc:
+                dead.add(refs[ref]._actor_id.hex())
                 log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
                             self._index_of(refs[ref]), _cause(exc))
         # A start, scale or heal in progress holds the lock: that is not idleness.
         if not self.is_started() or not self._lock.acquire(blocking=False):
             return False
         try:
-            idle = time.time() - max(last_used, self._last_change)
-            if idle <= self.placement.idle_timeout_s:
+            idle = time.time() - max(last_used, self._last_change, self._leases.last_end)
+            if (idle <= self.placement.idle_timeout_s or self._leases.active()
+                    or self._stopping):
                 return False
-            log.info("pool %s idle for %.0f s (idle_timeout_s=%s): stopping it",
-                     self.key.name, idle, self.placement.idle_timeout_s)
-            self.stop()
+            before = len(self._actors)
+            self._actors.sort(key=lambda actor: actor._actor_id.hex() in dead)  # dead last
+            self._scale_locked(floor)
+            log.info("pool %s idle for %.0f s with no lease (idle_timeout_s=%s): scaled "
+                     "down from %d to %d actor(s); it scales back up when a job arrives",
+                     self.key.name, idle, self.placement.idle_timeout_s, before, floor)
             return True
         finally:
             self._lock.release()
@@ -339,7 +439,7 @@ class PoolManager:
                 "actor_settings": self.actor_settings, "placement": self.placement,
                 "created_at": self.created_at,
                 "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced,
-                "last_heal_s": self._last_heal_s}
+                "last_heal_s": self._last_heal_s, "leases": self._leases.active()}
 
 
 def _build_payload(spec):
@@ -402,7 +502,7 @@ class Pool:
                             f"not {key.describe()}: stop it first")
         if not ray.get(manager.is_started.remote()):
             started = time.perf_counter()
-            num_actors = settings.num_actors or _default_num_actors()
+            num_actors = settings.placement.bounded(settings.num_actors or _default_num_actors())
             pool._call("start", num_actors, *start_arguments(spec))
             log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
                      spec.identity, num_actors, time.perf_counter() - started)
@@ -440,7 +540,15 @@ class Pool:
         return self._call("address")
 
     def scale(self, num_actors: int) -> list:
-        return self._call("scale", num_actors)
+        """Scale to `num_actors` now (0: free every actor until a job arrives). A size
+        below 0 or outside the pool's [min_actors, max_actors] raises ConfigurationError
+        (a ValueError)."""
+        return self._call("scale", check_actor_count(num_actors))
+
+    def lease(self, ttl_s: float) -> None:
+        """Hold the pool at its size for `ttl_s` (infer() does, for its plan's tasks)."""
+        if ttl_s > 0:
+            self._call("hold_lease", f"plan-{uuid.uuid4().hex}", ttl_s)
 
     def describe(self) -> dict:
         return self._call("describe")
@@ -460,6 +568,7 @@ class Pool:
             "uptime_s": round(time.time() - info["created_at"], 1),
             "replaced_actors": info["replaced_actors"],
             "last_heal_s": info["last_heal_s"],
+            "leases": info["leases"],
             "actors": actor_status,
             "rows": sum(s["rows"] for s in actor_status),
             "batches": sum(s["batches"] for s in actor_status),
@@ -467,6 +576,9 @@ class Pool:
         }
 
     def stop(self) -> int:
+        """Stop the pool for good: its actors, its manager and the weights' copy. A
+        DataFrame built on it then fails saying to run infer() again (idle pools only
+        scale down: see the module's docstring). Returns how many actors were killed."""
         import ray
 
         killed = self._call("stop")

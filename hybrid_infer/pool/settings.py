@@ -5,10 +5,11 @@ Three parts, each read by one party:
 - ActorSettings: what and how an actor computes. Fixed when the pool starts; the pool
   key is derived from every one of its fields, so a job that differs in any of them
   gets its own pool, never a silently reused one. Actors receive only this part.
-- PlacementSettings: how many actors, where they run, how long starting may take and
-  when the idle pool stops. Read by the pool's manager when it starts, scales and
-  reaps; a later job's different values do not restart a running pool (it logs a
-  warning naming the pool's own values, which `pool status` also shows).
+- PlacementSettings: how many actors (and the bounds it scales within), where they
+  run, how long starting may take and when the idle pool scales down. Read by the
+  pool's manager when it starts, scales and reaps; a later job's different values do
+  not restart a running pool (it logs a warning naming the pool's own values, which
+  `pool status` also shows).
 - ClientSettings: how one job's tasks talk to the pool (window, batch timeout, rows
   per request). Read by the job's caller only, per job; never part of the pool.
 
@@ -147,11 +148,17 @@ class ActorSettings:
 class PlacementSettings:
     """How the pool is sized and placed, and how long its manager waits.
 
-    num_actors: None means one per GPU in the cluster, or one when there is none.
+    num_actors: the size the pool scales up to when work arrives (at start, and when a
+    job finds it scaled down); None means one per GPU in the cluster, or one when there
+    is none, within [min_actors, max_actors].
+    min_actors: what an idle pool keeps (0: an idle pool frees every actor and keeps
+    only its manager and the weights' object-store copy; the next job scales it up).
+    max_actors: the most actors the pool may have (None: no bound).
     num_cpus_per_actor, num_gpus_per_actor: Ray resources per actor; num_gpus may be
     fractional (0.5: two actors share a GPU); None: one GPU when the device may be a
     GPU and the cluster has some, else none.
-    idle_timeout_s: the pool stops itself after this long without work (0: never).
+    idle_timeout_s: the pool scales down to min_actors after this long without work and
+    without a job holding a lease on it (0: never). Only `pool stop` stops it.
     build_timeout_s: starting fails when building the weights into the object store
     takes longer (a large checkpoint read from slow storage may need more).
     place_timeout_s: starting or scaling fails when new actors are not placed and
@@ -159,6 +166,8 @@ class PlacementSettings:
     """
 
     num_actors: int | None = None
+    min_actors: int = 0
+    max_actors: int | None = None
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float | None = None
     idle_timeout_s: float = 3600.0
@@ -166,10 +175,41 @@ class PlacementSettings:
     place_timeout_s: float = 300.0
 
     def __post_init__(self):
-        _at_least(self, 1, "num_actors", optional=True)
-        _at_least(self, 0, "num_cpus_per_actor", "idle_timeout_s")
+        _at_least(self, 1, "num_actors", "max_actors", optional=True)
+        _at_least(self, 0, "min_actors", "num_cpus_per_actor", "idle_timeout_s")
         _at_least(self, 0, "num_gpus_per_actor", optional=True)
         _positive(self, "build_timeout_s", "place_timeout_s")
+        if self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ConfigurationError(
+                f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors}): "
+                "lower min_actors or raise max_actors")
+        if self.num_actors is not None and self.bounded(self.num_actors) != self.num_actors:
+            raise ConfigurationError(
+                f"num_actors ({self.num_actors}) must be within min_actors "
+                f"({self.min_actors}) and max_actors ({self.max_actors}): change one of them")
+
+    def bounded(self, num_actors: int) -> int:
+        """`num_actors` moved into [min_actors, max_actors]."""
+        if self.max_actors is not None:
+            num_actors = min(num_actors, self.max_actors)
+        return max(self.min_actors, num_actors)
+
+
+def check_actor_count(num_actors, placement: PlacementSettings | None = None) -> int:
+    """A size someone asked a pool to scale to: a ConfigurationError (a ValueError) that
+    says what to do unless it is a whole number >= 0, within the pool's bounds."""
+    if isinstance(num_actors, bool) or not isinstance(num_actors, int) or num_actors < 0:
+        raise ConfigurationError(
+            f"a pool's number of actors must be a whole number >= 0, got {num_actors!r}: "
+            "pass 0 to free every actor until the next job arrives, or stop the pool "
+            "(hybrid-infer pool stop) to free everything")
+    if placement is not None and placement.bounded(num_actors) != num_actors:
+        raise ConfigurationError(
+            f"this pool keeps between {placement.min_actors} (min_actors) and "
+            f"{placement.max_actors if placement.max_actors is not None else 'any number of'}"
+            f" (max_actors) actors, so it cannot scale to {num_actors}: pick a size within "
+            "them, or start a pool with other bounds")
+    return num_actors
 
 
 @dataclass(frozen=True)
@@ -180,14 +220,19 @@ class ClientSettings:
     batch_timeout_s: the job fails with a clear error when one batch gets no answer
     in time (the actor also gives up on that batch then).
     rows_per_batch: rows a task sends per request.
+    plan_lease_s: how long building this job's plan (infer()) holds the pool at its
+    size, so that tasks that start slowly find warm actors; each task then holds its own
+    lease while it maps. A plan run later still works: the pool scales back up for it.
     """
 
     max_in_flight: int = 2
     batch_timeout_s: float = 600.0
     rows_per_batch: int = 64
+    plan_lease_s: float = 120.0
 
     def __post_init__(self):
         _at_least(self, 1, "max_in_flight", "rows_per_batch")
+        _at_least(self, 0, "plan_lease_s")
         _positive(self, "batch_timeout_s")
 
 

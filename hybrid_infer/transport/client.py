@@ -15,6 +15,10 @@ from the pool.
   background for a fresh endpoint list (it replaces dead actors first); with no live
   actor left the client waits for that list.
 - An address that does not answer fails within `connect_timeout_s`, naming it.
+- While it maps, the client holds a lease on the pool (transport/lease.py), so the
+  manager does not scale the pool down under a running job. A pool found with no live
+  actors (scaled to zero while idle, or before this plan ran) is scaled back up by the
+  manager when the client asks it for endpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from hybrid_infer.errors import PoolError
+from hybrid_infer.transport.lease import LeaseKeeper
 from hybrid_infer.transport.protocol import AUTH_HEADER, PoolAddress, bearer, rebuild_app_error
 
 log = logging.getLogger(__name__)
@@ -189,6 +194,7 @@ class PoolClient:
         self._dead: set[str] = set()
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="pool-refresh")
         self._refreshing: Future | None = None
+        self._lease = LeaseKeeper(self._lease_action, address.pool_name)
         self.resent = 0
         self.refreshes = 0
 
@@ -196,6 +202,7 @@ class PoolClient:
     def map(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """One result batch per input batch, in input order."""
         window: deque[_Item] = deque()
+        self._lease.start()  # before the first batch: a slow upstream is a running job
         try:
             for batch in batches:
                 if not self._streams:
@@ -211,6 +218,7 @@ class PoolClient:
             self.close()
 
     def close(self) -> None:
+        self._lease.stop()
         for stream in self._streams.values():
             stream.finish()
         self._streams.clear()
@@ -280,6 +288,10 @@ class PoolClient:
             self._lose(stream.uri, answer)
         return item.result
 
+    def _lease_action(self, body: bytes) -> bytes:
+        return action(self._address, self._address.manager, "lease", body, timeout_s=30,
+                      connect_timeout_s=self._connect_timeout_s)
+
     # -- losing actors, refreshing endpoints ------------------------------------------------
     def _lose(self, uri: str, cause) -> None:
         """Stop using `uri`; resend what it had not answered; refresh the endpoints."""
@@ -308,16 +320,17 @@ class PoolClient:
         except _Unreachable as exc:
             raise PoolError(
                 f"pool {self._address.pool_name!r} was stopped or its manager died: its "
-                f"actors and its manager do not answer ({exc}); start it again "
-                "(hybrid-infer pool start, or run the job again)") from None
+                f"actors and its manager do not answer ({exc}); run infer() again (a "
+                "DataFrame built before the pool stopped keeps the old pool's address), or "
+                "start the pool again (hybrid-infer pool start)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:
         self.refreshes += 1
         if not endpoints:
             raise PoolError(f"pool {self._address.pool_name!r} has no live actors (it was "
-                            "stopped): start it again (hybrid-infer pool start, or run the "
-                            "job again)")
+                            "stopped): run infer() again, or start the pool again "
+                            "(hybrid-infer pool start)")
         self._endpoints = list(endpoints)
         self._dead -= set(endpoints)  # the manager just checked them: alive
 

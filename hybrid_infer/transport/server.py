@@ -12,7 +12,7 @@ A failure of the served code ends the stream with its type and message
 (protocol.app_error_info), which the client raises again; anything else is a
 transport failure, which the client answers by resending the batch elsewhere.
 
-Actions: "ping", plus what the owner adds (the manager adds "endpoints").
+Actions: "ping", plus what the owner adds (the manager adds "endpoints" and "lease").
 """
 
 from __future__ import annotations
