@@ -15,6 +15,9 @@ from the pool.
   background for a fresh endpoint list (it replaces dead actors first); with no live
   actor left the client waits for that list.
 - An address that does not answer fails within `connect_timeout_s`, naming it.
+- A dead manager fails nothing while live actors remain (the client talks to them
+  directly); with no live actor and no manager, the job fails with a PoolError
+  within about `connect_timeout_s`.
 """
 
 from __future__ import annotations
@@ -307,9 +310,11 @@ class PoolClient:
                           connect_timeout_s=self._connect_timeout_s)
         except _Unreachable as exc:
             raise PoolError(
-                f"pool {self._address.pool_name!r} was stopped or its manager died: its "
-                f"actors and its manager do not answer ({exc}); start it again "
-                "(hybrid-infer pool start, or run the job again)") from None
+                f"pool {self._address.pool_name!r} was stopped or its manager died: the "
+                f"actors this job used are lost and its manager does not answer to replace "
+                f"them ({exc}); run the job again: it starts a new manager, which adopts "
+                "the pool's live actors or starts new ones (or hybrid-infer pool start)"
+            ) from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:
