@@ -12,6 +12,10 @@ import json
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -23,6 +27,7 @@ from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.orphans import taken_indices
 from hybrid_infer.pool.registry import Pool
 
+from conftest import RAY_ENV, start_ray_head
 from faults import (SMALL_MODEL, PoolChaos, assert_rows_exactly, bad_samples, images_frame,
                     kill_and_wait, named_actor_statuses, reference_rows, small_jpegs,
                     small_preprocess, small_settings)
@@ -150,3 +155,107 @@ def test_no_live_actor_and_no_manager_fails_the_job_clearly_and_the_next_job_run
     assert info["pid"] != manager_pid and info["adopted_actors"] == 0
     figures("no_actor_no_manager", error_s=round(error_s, 2), target_s=10,
             next_job_s=round(time.perf_counter() - started, 2), error=message[:300])
+
+
+# -- 2. the Ray head dies mid-job ---------------------------------------------------------
+HEAD_DEATH_DRIVER = textwrap.dedent("""
+    import json, sys, threading, time
+    sys.path.insert(0, sys.argv[2])
+    import faults
+    from hybrid_infer import infer
+    from hybrid_infer.errors import from_spark
+    from hybrid_infer.models import ModelSpec
+    from hybrid_infer.pool.registry import Pool
+    from hybrid_infer.runtime import connect_ray, start_spark
+
+    address = sys.argv[1]
+    connect_ray(address)
+    spark, _ = start_spark("local[2]")
+    spec, settings = ModelSpec(faults.SMALL_MODEL, weights="random"), faults.small_settings()
+    name = Pool.get_or_create(spec, settings).name
+
+    def report_rows():  # until the test strikes: then Ray is gone
+        while True:
+            rows = sum(s["rows"] for s in faults.named_actor_statuses(name))
+            print(f"ROWS {rows}", flush=True)
+            if rows >= 16:
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=report_rows, daemon=True).start()
+    values = faults.small_jpegs(400, seed=51)
+    try:
+        infer(faults.images_frame(spark, values), spec, pool=settings,
+              preprocess=faults.small_preprocess(resize=160, crop=160),
+              ray_address=address, rows_per_batch=2).collect()
+        print("RESULT " + json.dumps({"ok": True}), flush=True)
+    except Exception as exc:
+        error = from_spark(exc) or exc
+        print("RESULT " + json.dumps({"ok": False, "type": type(error).__name__,
+                                      "message": str(error)[:1500], "at": time.time()}),
+              flush=True)
+        sys.exit(1)
+""")
+
+
+def kill_process_group(head: subprocess.Popen) -> int:
+    """SIGKILL the head's process group and every process it started (a worker may
+    leave the group); only this head's processes. Returns how many were killed."""
+    import psutil
+
+    try:
+        family = psutil.Process(head.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(head.pid, signal.SIGKILL)
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    head.wait(timeout=30)
+    return len(family) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ray_head_death_mid_job_fails_the_driver_with_a_clear_error(tmp_path):
+    head, address = start_ray_head(tmp_path / "ray_start.log", num_cpus=4)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", HEAD_DEATH_DRIVER, address, tests_dir],
+        stdout=subprocess.PIPE, stderr=open(tmp_path / "driver.err", "w"), text=True,
+        env={**os.environ, **RAY_ENV, "PYTHONPATH": tests_dir})
+    killed_at = None
+    try:
+        for line in driver.stdout:  # ROWS n ... then RESULT
+            if line.startswith("ROWS") and int(line.split()[1]) >= 16:
+                killed = kill_process_group(head)
+                killed_at, killed_wall = time.perf_counter(), time.time()
+                break
+            if line.startswith("RESULT"):
+                break
+        assert killed_at is not None, "the job ended before the head could be killed"
+        try:
+            out, _ = driver.communicate(timeout=FAIL_WITHIN_S * 3)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the driver still runs {FAIL_WITHIN_S * 3} s after the head died")
+        exit_s = time.perf_counter() - killed_at
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if head.poll() is None:
+            kill_process_group(head)
+    errors = (tmp_path / "driver.err").read_text()
+    print(errors[-3000:])
+    results = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert driver.returncode != 0, out[-2000:]
+    assert results, f"no error reported (exit {driver.returncode}):\n{errors[-3000:]}"
+    result = json.loads(results[-1][len("RESULT "):])
+    assert result["type"] == "PoolError", result
+    assert "manager died" in result["message"] and "run the job again" in result["message"]
+    error_s = result["at"] - killed_wall  # the error raised in the driver
+    assert error_s < FAIL_WITHIN_S and exit_s < FAIL_WITHIN_S, (error_s, exit_s)
+    figures("ray_head_death", error_s=round(error_s, 2), driver_exit_s=round(exit_s, 2),
+            target_s=10, killed_processes=killed, exit_code=driver.returncode,
+            error=result["message"][:300])

@@ -310,10 +310,11 @@ class PoolClient:
                           connect_timeout_s=self._connect_timeout_s)
         except _Unreachable as exc:
             raise PoolError(
-                f"pool {self._address.pool_name!r} was stopped or its manager died: the "
-                f"actors this job used are lost and its manager does not answer to replace "
-                f"them ({exc}); run the job again: it starts a new manager, which adopts "
-                "the pool's live actors or starts new ones (or hybrid-infer pool start)"
+                f"pool {self._address.pool_name!r} was stopped or its manager died (or "
+                f"its Ray cluster went down): the actors this job used are lost and its "
+                f"manager does not answer to replace them ({exc}); run the job again: it "
+                "starts a new manager, which adopts the pool's live actors or starts new "
+                "ones (or hybrid-infer pool start)"
             ) from None
         return json.loads(body)["actors"]
 
