@@ -302,7 +302,7 @@ class PoolChaos(threading.Thread):
     """
 
     def __init__(self, pool_name: str, manager_pid: int, size: int, plan: list,
-                 poll_s: float = 0.05, recover_within_s: float = 30):
+                 poll_s: float = 0.1, recover_within_s: float = 30):
         super().__init__(daemon=True)
         self.pool_name, self.manager_pid, self.size = pool_name, manager_pid, size
         self.plan, self.poll_s, self.recover_within_s = list(plan), poll_s, recover_within_s

@@ -259,3 +259,80 @@ def test_ray_head_death_mid_job_fails_the_driver_with_a_clear_error(tmp_path):
     figures("ray_head_death", error_s=round(error_s, 2), driver_exit_s=round(exit_s, 2),
             target_s=10, killed_processes=killed, exit_code=driver.returncode,
             error=result["message"][:300])
+
+
+# -- 3. the soak: random kills of actors and managers, bad rows mixed in ---------------------
+SOAK_ROWS, SOAK_ROUNDS, SOAK_BAD_EVERY = 1000, 3, 20
+
+
+def soak_values(seed: int) -> dict:
+    values = small_jpegs(SOAK_ROWS, seed=seed)
+    bad = list(bad_samples().values())
+    for n, key in enumerate(sorted(values)[::SOAK_BAD_EVERY]):
+        values[key] = bad[n % len(bad)][0]
+    return values
+
+
+def soak_plan(rng: random.Random) -> list:
+    """Three kills at random points of a job: two of an actor, one of the manager, in a
+    random order (rows counted on the actors from the job's start)."""
+    kinds = ["actor", "actor", "manager"]
+    rng.shuffle(kinds)
+    return list(zip(sorted(rng.sample(range(40, SOAK_ROWS * 2 // 3), len(kinds))), kinds))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_random_kills_of_actors_and_managers_with_bad_rows(spark, ray_address,
+                                                               stop_new_pools):
+    spec = ModelSpec(SMALL_MODEL, seed=44, weights="random")  # a pool of its own
+    settings, preprocess = small_settings(), small_preprocess()
+    values = soak_values(seed=44)
+    expected = reference_rows(spec, values, preprocess)
+    rng = random.Random(44)
+    rounds = []
+    for number in range(1, SOAK_ROUNDS + 1):
+        started = time.perf_counter()
+        pool = Pool.get_or_create(spec, settings)  # after a manager kill: a new one
+        ready_s = time.perf_counter() - started
+        info = pool.describe()
+        chaos = PoolChaos(pool.name, info["pid"], size=2, plan=soak_plan(rng))
+        chaos.start()
+        try:
+            rows, seconds = job(spark, ray_address, spec, values, settings, preprocess,
+                                rows_per_batch=4)
+            outcome = assert_rows_exactly(rows, expected)  # every id exactly once
+            assert outcome["errors"] == len(values) // SOAK_BAD_EVERY
+        except AssertionError:
+            raise
+        except Exception as exc:  # allowed: a clear error, never a hang
+            error = from_spark(exc)
+            assert isinstance(error, PoolError) and "run the job again" in str(error), \
+                str(exc)[:3000]
+            outcome, seconds = {"error": str(error)[:300]}, time.perf_counter() - started
+        events = chaos.stop()
+        rounds.append({"round": number, **outcome, "job_s": round(seconds, 2),
+                       "manager_ready_s": round(ready_s, 2),
+                       "adopted": info["adopted_actors"], "kills": events})
+        print(f"SOAK {json.dumps(rounds[-1])}")
+    # Whatever happened, the pool serves the next job.
+    started = time.perf_counter()
+    few = dict(list(values.items())[:40])
+    rows, _ = job(spark, ray_address, spec, few, settings, preprocess)
+    assert_rows_exactly(rows, {key: expected[key] for key in few})
+    assert len(named_actor_statuses(Pool.get_or_create(spec, settings).name)) == 2
+    completed = [r for r in rounds if "error" not in r]
+    kills = [event for r in rounds for event in r["kills"] if "skipped" not in event]
+    assert any(event["kind"] == "manager" for event in kills)
+    assert len(completed) >= 1, rounds
+    figures("fault_soak", rounds=len(rounds), completed=len(completed),
+            rows_in=SOAK_ROWS * len(rounds),
+            rows_out=sum(r.get("rows_out", 0) for r in rounds),
+            duplicates=sum(r.get("duplicates", 0) for r in rounds),
+            bad_rows=sum(r.get("errors", 0) for r in rounds),
+            manager_kills=sum(e["kind"] == "manager" for e in kills),
+            actor_kills=sum(e["kind"] == "actor" for e in kills),
+            manager_ready_s=[r["manager_ready_s"] for r in rounds],
+            actor_recovered_s=[e.get("recovered_s") for e in kills if e["kind"] == "actor"],
+            job_s=[r["job_s"] for r in rounds],
+            next_job_s=round(time.perf_counter() - started, 2))

@@ -67,7 +67,8 @@ class PoolManager:
         self.actor_settings = settings.actor
         self.placement = settings.placement
         self.created_at = time.time()
-        self._weights_ref = None
+        self._weights_ref = None  # set by start; owned by this actor
+        self._weights_built = False  # the build task behind the ref has answered
         self._weights_bytes = 0
         self._actors: list = []
         self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
@@ -121,7 +122,9 @@ class PoolManager:
         Without one, a one-off task on `build_node` (the driver's node: weights paths
         are the driver's) builds it. Either way the ref is owned by this detached
         actor, so the one copy outlives the driver that started the pool.
-        Actors an earlier manager of this pool left behind are adopted first.
+        Actors an earlier manager of this pool left behind are adopted meanwhile; the
+        build is only waited for when an actor must be started (the adopted ones hold
+        their model already), so a pool that only lost its manager is back at once.
         """
         import ray
 
@@ -129,12 +132,18 @@ class PoolManager:
             started = time.perf_counter()
             if self._weights_ref is None:
                 if payload is None:
-                    self._weights_ref, self._weights_bytes = self._build_weights(build_node)
+                    self._weights_ref = self._submit_build(build_node)
                 else:
                     self._weights_ref = ray.put(payload)
                     self._weights_bytes = payload_nbytes(payload)
+                    self._weights_built = True
                 self._adopt_orphans()
-            self._scale_locked(num_actors)
+            try:
+                self._scale_locked(num_actors)
+            except BaseException:
+                if not self._actors:  # the next start builds again
+                    self._weights_ref, self._weights_built = None, False
+                raise
             log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
                      self.key.name, len(self._actors), self._weights_bytes,
                      time.perf_counter() - started, self.key.describe())
@@ -150,8 +159,8 @@ class PoolManager:
             self._actors.append(orphan.actor)
         self._adopted = len(self._actors)
 
-    def _build_weights(self, node_id: str) -> tuple:
-        """(ref, bytes) of the spec's payload (weights arrays), built by a one-off task."""
+    def _submit_build(self, node_id: str):
+        """The ref of the spec's payload (weights arrays), built by a one-off task."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -159,19 +168,30 @@ class PoolManager:
         # max_calls=1: the worker (torch, a transient copy of the model) exits after.
         build = ray.remote(num_cpus=0, max_calls=1)(_build_payload).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        ref = build.remote(self.spec)
+        self._weights_built = False
+        return build.remote(self.spec)
+
+    def _await_weights(self) -> None:
+        """Wait for the payload build (once): its errors and timeout are the pool's."""
+        import ray
+
+        if self._weights_ref is None:
+            raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
+        if self._weights_built:
+            return
         timeout = self.placement.build_timeout_s
         try:
-            arrays = ray.get(ref, timeout=timeout)
+            arrays = ray.get(self._weights_ref, timeout=timeout)
         except ray.exceptions.RayTaskError as exc:
             raise unwrapped(exc) from None
         except ray.exceptions.GetTimeoutError:
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+                ray.cancel(self._weights_ref, force=True)
             raise PoolError(f"building the weights of {self.spec.identity} took over "
                             f"{timeout:.0f} s (build_timeout_s): raise build_timeout_s for a "
                             "large checkpoint on slow storage") from None
-        return ref, payload_nbytes(arrays)  # (arrays: read-only views of the object; not copied)
+        # (arrays: read-only views of the object; not copied)
+        self._weights_bytes, self._weights_built = payload_nbytes(arrays), True
 
     def actors(self) -> list:
         # No lock: a job starting while a heal loads a replacement gets the live actors
@@ -228,6 +248,8 @@ class PoolManager:
         used = {self._index_of(a) for a in self._actors} | set(taken_indices(self.key.name))
         index = 0
         new = []
+        if len(self._actors) < num_actors:
+            self._await_weights()
         while len(self._actors) + len(new) < num_actors:
             while index in used:
                 index += 1

@@ -308,14 +308,14 @@ class PoolClient:
             body = action(self._address, self._address.manager, "endpoints",
                           json.dumps({"heal": True}).encode(), timeout_s=None,
                           connect_timeout_s=self._connect_timeout_s)
-        except _Unreachable as exc:
+        except (_Unreachable, flight.FlightError, OSError) as exc:  # dead, or died answering
+            why = (str(exc).splitlines() or [""])[0][:300]
             raise PoolError(
                 f"pool {self._address.pool_name!r} was stopped or its manager died (or "
-                f"its Ray cluster went down): the actors this job used are lost and its "
-                f"manager does not answer to replace them ({exc}); run the job again: it "
-                "starts a new manager, which adopts the pool's live actors or starts new "
-                "ones (or hybrid-infer pool start)"
-            ) from None
+                f"its Ray cluster went down): its manager does not answer to replace the "
+                f"actors this job lost ({type(exc).__name__}: {why}); run the job again: "
+                "it starts a new manager, which adopts the pool's live actors or starts "
+                "new ones (or hybrid-infer pool start)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:
