@@ -10,8 +10,9 @@ the actors with the old manager's token and can never learn a new manager's addr
 Adopting keeps those jobs running: the new manager calls each orphan's `serve` with
 its own token, and the actor's Flight service then accepts both tokens (old jobs go
 on, new jobs use the new token). Killing the orphans would fail every such job and
-reload every model for nothing. An orphan that does not answer within the timeout is
-killed instead (a hung actor holds its name, its CPUs or GPU, and serves nobody).
+reload every model for nothing. An orphan that does not answer within the timeout (the
+pool's place_timeout_s: one may still be loading its model) is killed instead (a hung
+actor holds its name, its CPUs or GPU, and serves nobody).
 
 Spawning never reuses a taken name either: an index is taken while any actor holds
 its name (an orphan being killed, a lost actor whose death Ray has not finished).
@@ -80,8 +81,8 @@ def adopt_orphans(pool_name: str, token: str, tls_cert: str | None, tls_key: str
             uri = ray.get(ref, timeout=0)
         except Exception as exc:  # dead, or no answer in time
             log.warning("pool %s: orphaned actor %d does not answer (%s: %s): killing it",
-                        pool_name, index, type(exc).__name__, str(exc).splitlines()[0][:200]
-                        if str(exc) else "")
+                        pool_name, index, type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0][:200])
             with contextlib.suppress(Exception):
                 ray.kill(handles[index], no_restart=True)
             continue

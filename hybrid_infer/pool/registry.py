@@ -45,8 +45,8 @@ from hybrid_infer.transport.protocol import PoolAddress
 log = logging.getLogger(__name__)
 
 POOL_PREFIX = "pool-"
-#: how long an actor may take to answer a ping (heal) or an adoption before it counts
-#: as lost: busy actors answer at once (they serve calls concurrently)
+#: how long an actor may take to answer a heal's ping before it counts as lost: busy
+#: actors answer at once (they serve calls concurrently)
 PING_TIMEOUT_S = 30.0
 
 
@@ -152,7 +152,8 @@ class PoolManager:
     def _adopt_orphans(self) -> None:
         settings = self.actor_settings
         for orphan in adopt_orphans(self.key.name, self._token, settings.tls_cert,
-                                    settings.tls_key, timeout_s=PING_TIMEOUT_S):
+                                    settings.tls_key,
+                                    timeout_s=self.placement.place_timeout_s):
             actor_id = orphan.actor._actor_id.hex()
             self._indices[actor_id] = orphan.index
             self._endpoints[actor_id] = orphan.uri
@@ -497,7 +498,8 @@ class Pool:
 
         return sorted(entry["name"] for entry in list_named_actors(all_namespaces=True)
                       if entry["namespace"] == NAMESPACE
-                      and entry["name"].startswith(POOL_PREFIX) and ACTOR_INFIX not in entry["name"])
+                      and entry["name"].startswith(POOL_PREFIX)
+                      and ACTOR_INFIX not in entry["name"])
 
     # -- using ----------------------------------------------------------------------------
     def actors(self) -> list:
