@@ -297,8 +297,9 @@ class PoolChaos(threading.Thread):
     counted on the actors themselves, through their names, so counting goes on after
     the manager died. An actor is only killed while another one lives (so the job can
     finish), else the kill is recorded as skipped. Each actor kill records how long
-    the pool took to have `size` live actors again, or None when no manager was left
-    to replace it during the job (the next job's manager does).
+    the pool took to have `size` live actors again (a manager killed after it began
+    the replacement still leaves it), or None when none came within the job and
+    `recover_within_s` (no manager was left to replace it: the next job's does).
     """
 
     def __init__(self, pool_name: str, manager_pid: int, size: int, plan: list,
@@ -308,7 +309,6 @@ class PoolChaos(threading.Thread):
         self.plan, self.poll_s, self.recover_within_s = list(plan), poll_s, recover_within_s
         self.events: list[dict] = []
         self._rows_seen: dict[str, int] = {}  # actor id -> most rows it reported
-        self._manager_dead = False
         self._waiting: list[threading.Thread] = []
         self._halt = threading.Event()
 
@@ -331,18 +331,16 @@ class PoolChaos(threading.Thread):
                          "at_s": round(time.perf_counter() - started, 2)}
                 if kind == "manager":
                     os.kill(self.manager_pid, signal.SIGKILL)
-                    self._manager_dead = True
                     event["pid"] = self.manager_pid
                 elif len(statuses) >= 2:
                     victim = max(statuses, key=lambda status: status["pid"])
                     os.kill(victim["pid"], signal.SIGKILL)
                     event["pid"] = victim["pid"]
                     event["recovered_s"] = None
-                    if not self._manager_dead:
-                        waiting = threading.Thread(target=self._wait_recovered, daemon=True,
-                                                   args=(event, time.perf_counter()))
-                        waiting.start()
-                        self._waiting.append(waiting)
+                    waiting = threading.Thread(target=self._wait_recovered, daemon=True,
+                                               args=(event, time.perf_counter()))
+                    waiting.start()
+                    self._waiting.append(waiting)
                 else:
                     event["skipped"] = "one live actor left"
                 self.events.append(event)
@@ -350,7 +348,7 @@ class PoolChaos(threading.Thread):
 
     def _wait_recovered(self, event: dict, killed_at: float) -> None:
         deadline = killed_at + self.recover_within_s
-        while time.perf_counter() < deadline and not self._manager_dead:
+        while time.perf_counter() < deadline:
             pids = [status["pid"] for status in named_actor_statuses(self.pool_name)]
             if len(pids) >= self.size and event["pid"] not in pids:
                 event["recovered_s"] = round(time.perf_counter() - killed_at, 3)
@@ -362,6 +360,6 @@ class PoolChaos(threading.Thread):
         background, possibly after the job ended)."""
         self._halt.set()
         self.join(timeout=60)
-        for waiting in self._waiting:
-            waiting.join(timeout=self.recover_within_s)
+        for waiting in self._waiting:  # each ends within recover_within_s of its kill
+            waiting.join()
         return self.events
