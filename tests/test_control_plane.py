@@ -98,6 +98,7 @@ def test_manager_killed_mid_job_the_job_completes_and_the_next_job_adopts_the_ac
     recovery_s = time.perf_counter() - started
     info = pool.describe()
     assert info["pid"] != manager_pid and info["adopted_actors"] == 2
+    assert pool.status()["adopted_actors"] == 2  # what `hybrid-infer pool status` shows
     assert sorted(s["pid"] for s in named_actor_statuses(pool.name)) == actor_pids
     rows, next_job_s = job(spark, ray_address, spec, values, settings, preprocess)
     assert_rows_exactly(rows, expected)

@@ -532,6 +532,7 @@ class Pool:
             "weights_bytes": info["weights_bytes"],
             "uptime_s": round(time.time() - info["created_at"], 1),
             "replaced_actors": info["replaced_actors"],
+            "adopted_actors": info["adopted_actors"],  # from a manager that died
             "last_heal_s": info["last_heal_s"],
             "actors": actor_status,
             "rows": sum(s["rows"] for s in actor_status),
