@@ -73,26 +73,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def ray_address(tmp_path_factory):
-    """A Ray head started as its own process (as `ray start` on a real node would be),
-    so that jobs from other driver processes can find the same warm pools."""
+def start_ray_head(log_path, num_cpus: int = 8) -> tuple[subprocess.Popen, str]:
+    """A Ray head (`ray start --head --block`) in a process group of its own, on a free
+    loopback port: (its process, its address). Stop it through its process group."""
     port = free_port()
     env = {**os.environ, **RAY_ENV}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    log_path = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
     with open(log_path, "w") as log:
         head = subprocess.Popen(
             [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={port}", "--include-dashboard=false", "--num-cpus=8",
+             f"--port={port}", "--include-dashboard=false", f"--num-cpus={num_cpus}",
              f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    address = f"127.0.0.1:{port}"
     try:
         _wait_for_port(port, head)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
+    return head, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """A Ray head started as its own process (as `ray start` on a real node would be),
+    so that jobs from other driver processes can find the same warm pools."""
+    head, address = start_ray_head(tmp_path_factory.mktemp("ray_head") / "ray_start.log")
     import ray
 
     from hybrid_infer.runtime import connect_ray

@@ -251,3 +251,115 @@ def wait_recovered(pool, size: int, dead_pid: int, *, timeout_s: float = 120, ha
             return True
         time.sleep(poll_s)
     return False
+
+
+# -- the control plane: kills that reach past the manager --------------------------------
+def named_actor_statuses(pool_name: str, timeout_s: float = 2.0) -> list[dict]:
+    """status() of every live actor named after the pool, asked directly (not through
+    its manager, which may be dead); actors still loading or dying are left out."""
+    import ray
+
+    from hybrid_infer.pool.orphans import taken_indices
+    from hybrid_infer.runtime import NAMESPACE
+
+    refs = []
+    for name in taken_indices(pool_name).values():
+        try:
+            refs.append(ray.get_actor(name, namespace=NAMESPACE).status.remote())
+        except Exception:  # died since it was listed
+            continue
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    statuses = []
+    for ref in ready:
+        try:
+            statuses.append(ray.get(ref))
+        except Exception:
+            continue
+    return statuses
+
+
+def kill_and_wait(pid: int, timeout_s: float = 30) -> None:
+    """SIGKILL `pid` and wait until it is gone."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        process.kill()
+        process.wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+
+
+class PoolChaos(threading.Thread):
+    """Kills a pool's actors and its manager (SIGKILL) as a job's rows go by.
+
+    `plan`: (rows run since the start, "actor" or "manager") in order. The rows are
+    counted on the actors themselves, through their names, so counting goes on after
+    the manager died. An actor is only killed while another one lives (so the job can
+    finish), else the kill is recorded as skipped. Each actor kill records how long
+    the pool took to have `size` live actors again (a manager killed after it began
+    the replacement still leaves it), or None when none came within the job and
+    `recover_within_s` (no manager was left to replace it: the next job's does).
+    """
+
+    def __init__(self, pool_name: str, manager_pid: int, size: int, plan: list,
+                 poll_s: float = 0.1, recover_within_s: float = 30):
+        super().__init__(daemon=True)
+        self.pool_name, self.manager_pid, self.size = pool_name, manager_pid, size
+        self.plan, self.poll_s, self.recover_within_s = list(plan), poll_s, recover_within_s
+        self.events: list[dict] = []
+        self._rows_seen: dict[str, int] = {}  # actor id -> most rows it reported
+        self._waiting: list[threading.Thread] = []
+        self._halt = threading.Event()
+
+    def rows_run(self, statuses: list[dict]) -> int:
+        for status in statuses:
+            seen = self._rows_seen.get(status["actor_id"], 0)
+            self._rows_seen[status["actor_id"]] = max(seen, status["rows"])
+        return sum(self._rows_seen.values())
+
+    def run(self) -> None:
+        baseline = self.rows_run(named_actor_statuses(self.pool_name))
+        started = time.perf_counter()
+        while self.plan and not self._halt.is_set():
+            statuses = named_actor_statuses(self.pool_name)
+            done = self.rows_run(statuses) - baseline
+            at_rows, kind = self.plan[0]
+            if done >= at_rows:
+                self.plan.pop(0)
+                event = {"kind": kind, "at_rows": done,
+                         "at_s": round(time.perf_counter() - started, 2)}
+                if kind == "manager":
+                    os.kill(self.manager_pid, signal.SIGKILL)
+                    event["pid"] = self.manager_pid
+                elif len(statuses) >= 2:
+                    victim = max(statuses, key=lambda status: status["pid"])
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    event["pid"] = victim["pid"]
+                    event["recovered_s"] = None
+                    waiting = threading.Thread(target=self._wait_recovered, daemon=True,
+                                               args=(event, time.perf_counter()))
+                    waiting.start()
+                    self._waiting.append(waiting)
+                else:
+                    event["skipped"] = "one live actor left"
+                self.events.append(event)
+            time.sleep(self.poll_s)
+
+    def _wait_recovered(self, event: dict, killed_at: float) -> None:
+        deadline = killed_at + self.recover_within_s
+        while time.perf_counter() < deadline:
+            pids = [status["pid"] for status in named_actor_statuses(self.pool_name)]
+            if len(pids) >= self.size and event["pid"] not in pids:
+                event["recovered_s"] = round(time.perf_counter() - killed_at, 3)
+                return
+            time.sleep(self.poll_s)
+
+    def stop(self) -> list[dict]:
+        """Stop striking; let pending recoveries finish (the pool heals in the
+        background, possibly after the job ended)."""
+        self._halt.set()
+        self.join(timeout=60)
+        for waiting in self._waiting:  # each ends within recover_within_s of its kill
+            waiting.join()
+        return self.events

@@ -141,7 +141,7 @@ def test_a_plan_run_after_an_explicit_stop_says_to_run_infer_again(images_df, ra
         plan.collect()
     error = from_spark(caught.value)
     assert isinstance(error, PoolError), str(caught.value)[-3000:]
-    assert "stopped" in str(error) and "run infer() again" in str(error), str(error)
+    assert "stopped" in str(error) and "calling infer() again" in str(error), str(error)
 
 
 def test_an_idle_pool_keeps_min_actors_and_pool_start_warms_it_again(ray_address):

@@ -132,6 +132,40 @@ def test_with_every_actor_dead_the_client_waits_for_the_managers_list(servers):
         manager.server.shutdown()
 
 
+def test_a_dead_manager_fails_nothing_while_live_actors_remain(servers):
+    doomed, doomed_uri = out_of_process(0.02)
+    try:
+        survivor, handler = servers(0.02)
+        dead_manager = "grpc+tcp://127.0.0.1:9"  # discard port: nothing listens
+        client = PoolClient(address([doomed_uri, survivor.uri], dead_manager), header())
+        out = []
+        for n, result in enumerate(client.map(batches(40))):
+            out.append(result)
+            if n == 5:
+                doomed.kill()
+        got = pa.Table.from_batches(out)
+        assert got.column("x").to_pylist() == list(range(120))  # nothing lost nor doubled
+        assert client.resent >= 1 and handler.batches > 20
+    finally:
+        doomed.kill()
+        doomed.wait()
+
+
+def test_a_server_adopted_by_a_new_manager_accepts_both_managers_tokens(servers):
+    server, handler = servers(0.01)
+    old = PoolClient(address([server.uri]), header())
+    results = old.map(batches(20))
+    first = [next(results) for _ in range(5)]  # a job in flight with the old token
+    server.accept_token("new-managers-token")
+    first += list(results)
+    assert pa.Table.from_batches(first).column("x").to_pylist() == list(range(60))
+    for token in (TOKEN, "new-managers-token"):
+        got = list(PoolClient(address([server.uri], token=token), header()).map(batches(2)))
+        assert pa.Table.from_batches(got).column("x").to_pylist() == list(range(6))
+    with pytest.raises(PoolError, match="refused this client's token"):
+        list(PoolClient(address([server.uri], token="wrong"), header()).map(batches(1)))
+
+
 def test_an_unreachable_pool_fails_within_seconds_naming_the_address():
     dead = "grpc+tcp://127.0.0.1:9"  # discard port: nothing listens
     started = time.perf_counter()

@@ -2,8 +2,10 @@
 
 - `serve(token, tls_cert, tls_key)`: start this actor's Arrow Flight service on its
   node's address (127.0.0.1 in an embedded runtime) and return its URI. The pool's
-  manager calls it once, right after the actor loaded its model; Spark tasks then
-  stream batches to that URI (transport/client.py) without Ray.
+  manager calls it right after the actor loaded its model; Spark tasks then stream
+  batches to that URI (transport/client.py) without Ray. A replacement manager that
+  adopts this actor calls it again with its own token: the service then accepts both,
+  so the jobs still streaming with the old manager's token go on.
 - `serve_batch(batch, options)`: one request batch -> one result batch; by default
   `self.infer(batch, options)`, the subclass's entry point.
 - `ping()`, and `status()`: the fields every actor reports plus the subclass's `stats()`.
@@ -36,6 +38,8 @@ class PoolActor:
             self._service = FlightService(self._stream_handler, token=token,
                                           host=node_address(), tls_cert=tls_cert,
                                           tls_key=tls_key)
+        else:
+            self._service.accept_token(token)
         return self._service.uri
 
     def _stream_handler(self, kind: str, options):

@@ -27,6 +27,11 @@ earlier still finds it. A job that arrives (a new lease) or a client that finds 
 live actors (the "endpoints" action) scales it back up to `num_actors`. Only an
 explicit stop (`pool stop`, Pool.stop) ends the manager; a plan run after that fails
 telling the user to run infer() again.
+
+A pool survives its manager: the actors are detached and keep serving the jobs in
+flight (they talk to the actors directly); the next `Pool.get_or_create` finds no
+manager, starts one, which puts the weights in the object store again (the old copy
+died with its owner) and adopts the live orphans (pool/orphans.py says why).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import json
+import os
 import secrets
 import threading
 import time
@@ -42,6 +48,7 @@ from dataclasses import asdict, replace
 
 from hybrid_infer.errors import HybridInferError, PoolError, from_spark
 from hybrid_infer.pool.leases import LeaseBook
+from hybrid_infer.pool.orphans import ACTOR_INFIX, actor_name, adopt_orphans, taken_indices
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE
 from hybrid_infer.servable import payload_nbytes
@@ -50,6 +57,9 @@ from hybrid_infer.transport.protocol import PoolAddress
 log = logging.getLogger(__name__)
 
 POOL_PREFIX = "pool-"
+#: how long an actor may take to answer a heal's ping before it counts as lost: busy
+#: actors answer at once (they serve calls concurrently)
+PING_TIMEOUT_S = 30.0
 
 
 class PoolManager:
@@ -69,13 +79,15 @@ class PoolManager:
         self.actor_settings = settings.actor
         self.placement = settings.placement
         self.created_at = time.time()
-        self._weights_ref = None
+        self._weights_ref = None  # set by start; owned by this actor
+        self._weights_built = False  # the build task behind the ref has answered
         self._weights_bytes = 0
         self._actors: list = []
         self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
         self._endpoints: dict[str, str] = {}  # actor id -> its Flight URI
         self._lock = threading.RLock()
         self._replaced = 0
+        self._adopted = 0  # actors taken over from an earlier manager of this pool
         self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
@@ -142,6 +154,9 @@ class PoolManager:
         Without one, a one-off task on `build_node` (the driver's node: weights paths
         are the driver's) builds it. Either way the ref is owned by this detached
         actor, so the one copy outlives the driver that started the pool.
+        Actors an earlier manager of this pool left behind are adopted meanwhile; the
+        build is only waited for when an actor must be started (the adopted ones hold
+        their model already), so a pool that only lost its manager is back at once.
         """
         import ray
 
@@ -149,19 +164,37 @@ class PoolManager:
             started = time.perf_counter()
             if self._weights_ref is None:
                 if payload is None:
-                    self._weights_ref, self._weights_bytes = self._build_weights(build_node)
+                    self._weights_ref = self._submit_build(build_node)
                 else:
                     self._weights_ref = ray.put(payload)
                     self._weights_bytes = payload_nbytes(payload)
-            self._scale_locked(num_actors)
+                    self._weights_built = True
+                self._adopt_orphans()
+            try:
+                self._scale_locked(num_actors)
+            except BaseException:
+                if not self._actors:  # the next start builds again
+                    self._weights_ref, self._weights_built = None, False
+                raise
             self.placement = replace(self.placement, num_actors=num_actors)  # the busy size
             log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
                      self.key.name, len(self._actors), self._weights_bytes,
                      time.perf_counter() - started, self.key.describe())
             return list(self._actors)
 
-    def _build_weights(self, node_id: str) -> tuple:
-        """(ref, bytes) of the spec's payload (weights arrays), built by a one-off task."""
+    def _adopt_orphans(self) -> None:
+        settings = self.actor_settings
+        for orphan in adopt_orphans(self.key.name, self._token, settings.tls_cert,
+                                    settings.tls_key,
+                                    timeout_s=self.placement.place_timeout_s):
+            actor_id = orphan.actor._actor_id.hex()
+            self._indices[actor_id] = orphan.index
+            self._endpoints[actor_id] = orphan.uri
+            self._actors.append(orphan.actor)
+        self._adopted = len(self._actors)
+
+    def _submit_build(self, node_id: str):
+        """The ref of the spec's payload (weights arrays), built by a one-off task."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -169,19 +202,30 @@ class PoolManager:
         # max_calls=1: the worker (torch, a transient copy of the model) exits after.
         build = ray.remote(num_cpus=0, max_calls=1)(_build_payload).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        ref = build.remote(self.spec)
+        self._weights_built = False
+        return build.remote(self.spec)
+
+    def _await_weights(self) -> None:
+        """Wait for the payload build (once): its errors and timeout are the pool's."""
+        import ray
+
+        if self._weights_ref is None:
+            raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
+        if self._weights_built:
+            return
         timeout = self.placement.build_timeout_s
         try:
-            arrays = ray.get(ref, timeout=timeout)
+            arrays = ray.get(self._weights_ref, timeout=timeout)
         except ray.exceptions.RayTaskError as exc:
             raise unwrapped(exc) from None
         except ray.exceptions.GetTimeoutError:
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+                ray.cancel(self._weights_ref, force=True)
             raise PoolError(f"building the weights of {self.spec.identity} took over "
                             f"{timeout:.0f} s (build_timeout_s): raise build_timeout_s for a "
                             "large checkpoint on slow storage") from None
-        return ref, payload_nbytes(arrays)  # (arrays: read-only views of the object; not copied)
+        # (arrays: read-only views of the object; not copied)
+        self._weights_bytes, self._weights_built = payload_nbytes(arrays), True
 
     def actors(self) -> list:
         # No lock: a job starting while a heal loads a replacement gets the live actors
@@ -201,12 +245,15 @@ class PoolManager:
             live = []
             for actor, ping in pings:
                 try:
-                    ray.get(ping, timeout=30)
+                    ray.get(ping, timeout=PING_TIMEOUT_S)
                     live.append(actor)
                 except Exception as exc:
                     self._replaced += 1
                     log.warning("pool %s: actor %d is lost, replacing it: %s", self.key.name,
                                 self._index_of(actor), _cause(exc))
+                    # a hung actor would keep its name, its resources, and serve nobody
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor, no_restart=True)
             lost = len(self._actors) - len(live)
             wanted = max(len(self._actors), self._busy_size())
             if len(live) < wanted:
@@ -273,14 +320,20 @@ class PoolManager:
         if len(self._actors) > num_actors:
             self._kill_and_wait(self._actors[num_actors:])
             del self._actors[num_actors:]
-        used = {self._index_of(a) for a in self._actors}
+        # names held by any actor of this pool (ours, or one still dying) are never reused
+        used = {self._index_of(a) for a in self._actors} | set(taken_indices(self.key.name))
         index = 0
         new = []
+        if len(self._actors) < num_actors:
+            self._await_weights()
         while len(self._actors) + len(new) < num_actors:
             while index in used:
                 index += 1
             used.add(index)
-            new.append(self._spawn(index))
+            try:
+                new.append(self._spawn(index))
+            except ray.exceptions.ActorAlreadyExistsError:  # taken since the listing
+                continue
         if new:  # wait until they have loaded: a job should not race the model load
             timeout = self.placement.place_timeout_s
             settings = self.actor_settings
@@ -333,7 +386,7 @@ class PoolManager:
 
         actor_class = self.spec.actor_class()
         remote_cls = ray.remote(actor_class).options(
-            name=f"{self.key.name}-actor-{index}",
+            name=actor_name(self.key.name, index),
             namespace=NAMESPACE,
             lifetime="detached",
             **self._resources_per_actor(),
@@ -437,9 +490,10 @@ class PoolManager:
     def describe(self) -> dict:
         return {"name": self.key.name, "key": self.key, "spec": self.spec,
                 "actor_settings": self.actor_settings, "placement": self.placement,
-                "created_at": self.created_at,
+                "created_at": self.created_at, "pid": os.getpid(),
                 "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced,
-                "last_heal_s": self._last_heal_s, "leases": self._leases.active()}
+                "adopted_actors": self._adopted, "last_heal_s": self._last_heal_s,
+                "leases": self._leases.active()}
 
 
 def _build_payload(spec):
@@ -491,19 +545,38 @@ class Pool:
 
         settings = settings or PoolSettings()
         key = PoolKey.derive(spec.identity, spec.payload_digest(), settings.actor)
-        manager = ray.remote(PoolManager).options(
-            name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_concurrency=16, max_restarts=0,
-        ).remote(key, spec, settings)
+        for attempt in range(1, MANAGER_ATTEMPTS + 1):
+            try:
+                return cls._get_or_start(key, spec, settings)
+            except _ManagerDied:
+                # a manager that just died may keep its name a moment, or one died while
+                # starting: a new one (which adopts the live actors) is started next time
+                log.warning("pool %s: its manager died (attempt %d of %d); starting a new "
+                            "one", key.name, attempt, MANAGER_ATTEMPTS)
+                time.sleep(0.5 * attempt)
+        raise PoolError(f"pool {key.name}: its manager died {MANAGER_ATTEMPTS} times while "
+                        "this job started it; see the Ray logs of its PoolManager actor")
+
+    @classmethod
+    def _get_or_start(cls, key: PoolKey, spec, settings: PoolSettings) -> "Pool":
+        import ray
+
+        try:
+            manager = ray.remote(PoolManager).options(
+                name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                num_cpus=0, max_concurrency=16, max_restarts=0,
+            ).remote(key, spec, settings)
+        except ValueError as exc:  # the name changed hands between Ray's look-up and create
+            raise _ManagerDied(str(exc)) from None
         pool = cls(manager, key.name)
-        existing = pool.describe()
+        existing = pool._call("describe", died=_ManagerDied)
         if existing["key"] != key:  # a 64-bit name collision: never serve another model
             raise PoolError(f"pool {key.name} serves {existing['key'].describe()}, "
                             f"not {key.describe()}: stop it first")
-        if not ray.get(manager.is_started.remote()):
+        if not pool._call("is_started", died=_ManagerDied):
             started = time.perf_counter()
             num_actors = settings.placement.bounded(settings.num_actors or _default_num_actors())
-            pool._call("start", num_actors, *start_arguments(spec))
+            pool._call("start", num_actors, *start_arguments(spec), died=_ManagerDied)
             log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
                      spec.identity, num_actors, time.perf_counter() - started)
         else:
@@ -526,7 +599,8 @@ class Pool:
 
         return sorted(entry["name"] for entry in list_named_actors(all_namespaces=True)
                       if entry["namespace"] == NAMESPACE
-                      and entry["name"].startswith(POOL_PREFIX) and "-actor-" not in entry["name"])
+                      and entry["name"].startswith(POOL_PREFIX)
+                      and ACTOR_INFIX not in entry["name"])
 
     # -- using ----------------------------------------------------------------------------
     def actors(self) -> list:
@@ -567,6 +641,7 @@ class Pool:
             "weights_bytes": info["weights_bytes"],
             "uptime_s": round(time.time() - info["created_at"], 1),
             "replaced_actors": info["replaced_actors"],
+            "adopted_actors": info["adopted_actors"],  # from a manager that died
             "last_heal_s": info["last_heal_s"],
             "leases": info["leases"],
             "actors": actor_status,
@@ -585,7 +660,8 @@ class Pool:
         ray.kill(self._manager, no_restart=True)
         return killed
 
-    def _call(self, method: str, *args):
+    def _call(self, method: str, *args, died: type[PoolError] = PoolError):
+        """The manager's `method`; `died` is raised when the manager is gone."""
         import ray
 
         try:
@@ -593,8 +669,17 @@ class Pool:
         except ray.exceptions.RayTaskError as exc:
             raise unwrapped(exc) from None
         except ray.exceptions.RayActorError:
-            raise PoolError(f"pool {self.name!r} was stopped or its manager died: start it "
-                            "again (hybrid-infer pool start, or run the job again)") from None
+            raise died(f"pool {self.name!r} was stopped or its manager died: start it "
+                       "again (hybrid-infer pool start, or run the job again: a new "
+                       "manager adopts the pool's live actors)") from None
+
+
+class _ManagerDied(PoolError):
+    """The manager Pool.get_or_create found or started is dead: try a new one."""
+
+
+#: how many managers Pool.get_or_create tries when the one it finds or starts dies
+MANAGER_ATTEMPTS = 3
 
 
 def _default_num_actors() -> int:

@@ -19,6 +19,9 @@ from the pool.
   manager does not scale the pool down under a running job. A pool found with no live
   actors (scaled to zero while idle, or before this plan ran) is scaled back up by the
   manager when the client asks it for endpoints.
+- A dead manager fails nothing while live actors remain (the client talks to them
+  directly); with no live actor and no manager, the job fails with a PoolError
+  within about `connect_timeout_s`.
 """
 
 from __future__ import annotations
@@ -317,12 +320,16 @@ class PoolClient:
             body = action(self._address, self._address.manager, "endpoints",
                           json.dumps({"heal": True}).encode(), timeout_s=None,
                           connect_timeout_s=self._connect_timeout_s)
-        except _Unreachable as exc:
+        except (_Unreachable, flight.FlightError, OSError) as exc:  # dead, or died answering
+            why = (str(exc).splitlines() or [""])[0][:300]
             raise PoolError(
-                f"pool {self._address.pool_name!r} was stopped or its manager died: its "
-                f"actors and its manager do not answer ({exc}); run infer() again (a "
-                "DataFrame built before the pool stopped keeps the old pool's address), or "
-                "start the pool again (hybrid-infer pool start)") from None
+                f"pool {self._address.pool_name!r} was stopped or its manager died (or "
+                f"its Ray cluster went down): its actors and its manager do not answer "
+                f"({type(exc).__name__}: {why}); run the job again, calling infer() again (a "
+                "DataFrame built before the pool stopped keeps the old pool's address): "
+                "that starts a new "
+                "manager, which adopts the pool's live actors or starts new ones (or "
+                "hybrid-infer pool start)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:

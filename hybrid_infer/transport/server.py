@@ -2,7 +2,8 @@
 
 `FlightService` listens on `host` (the process's Ray node address: 127.0.0.1 for an
 embedded runtime), on a port the OS picks, with TLS when a certificate is configured,
-and refuses every call that does not carry the pool's token.
+and refuses every call that does not carry the pool's token (or, on an actor a new
+manager adopted, one of its managers' tokens).
 
 DoExchange: the client sends a header (what it wants served and the job's options,
 once per stream) and then request batches; the service runs `handler(kind, options)`'s
@@ -36,16 +37,24 @@ Handler = Callable[[str, object], Callable]
 
 
 class _TokenCheck(flight.ServerMiddlewareFactory):
+    """Accepts the tokens it was given: one, or more after a new pool manager adopted
+    this server (its jobs in flight keep the old token; see PoolActor.serve)."""
+
     def __init__(self, token: str):
         super().__init__()
-        self._expected = bearer(token)
+        self._expected = (bearer(token),)
+
+    def accept(self, token: str) -> None:
+        if bearer(token) not in self._expected:
+            self._expected = self._expected + (bearer(token),)  # one swap: no lock needed
 
     def start_call(self, info, headers):
         values = headers.get(AUTH_HEADER) or []
         given = values[0] if values else b""
         if isinstance(given, str):
             given = given.encode()
-        if not hmac.compare_digest(given, self._expected):
+        # every comparison runs (constant time whichever token matches)
+        if not sum(hmac.compare_digest(given, expected) for expected in self._expected):
             raise flight.FlightUnauthenticatedError(
                 "hybrid_infer pool: missing or wrong access token (use the PoolAddress the "
                 "driver got from this pool)")
@@ -65,9 +74,10 @@ class FlightService(flight.FlightServerBase):
                  actions: dict[str, Callable[[bytes], bytes]] | None = None,
                  max_workers: int = 64):
         scheme = "grpc+tls" if tls_cert else "grpc+tcp"
+        self._token_check = _TokenCheck(token)
         super().__init__(f"{scheme}://{host}:{port}",
                          tls_certificates=read_tls_pair(tls_cert, tls_key),
-                         middleware={"auth": _TokenCheck(token)})
+                         middleware={"auth": self._token_check})
         self.uri = f"{scheme}://{host}:{self.port}"
         self._handler = handler
         self._actions = {"ping": lambda body: b"ok", **(actions or {})}
@@ -75,6 +85,10 @@ class FlightService(flight.FlightServerBase):
         self._held_lock = threading.Lock()
         self.held = 0  # request batches received and not answered yet, all streams
         self.held_peak = 0
+
+    def accept_token(self, token: str) -> None:
+        """Also accept `token` from now on; tokens accepted before stay valid."""
+        self._token_check.accept(token)
 
     # -- DoExchange: request batches in, result batches out, in order -------------------
     def do_exchange(self, context, descriptor, reader, writer):
