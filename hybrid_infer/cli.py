@@ -344,12 +344,10 @@ def _check_output(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from hybrid_infer.decode import Preprocess
-    from hybrid_infer.job import run_job
-
     import dataclasses
 
     from hybrid_infer.api import default_preprocess
+    from hybrid_infer.job import run_job
 
     # fail on a bad input, model or output before starting anything (the input first:
     # resolving a model may fetch pretrained weights)
