@@ -63,6 +63,25 @@ def _add_model_options(parser, *, weights_default=None):
                        help="load pickled checkpoints (trusted files only: runs their code)")
 
 
+def _add_row_limit_option(parser):
+    from hybrid_infer.row_limits import DEFAULT_MAX_ROW_BYTES
+
+    parser.add_argument("--max-row-bytes", type=_positive_int, default=DEFAULT_MAX_ROW_BYTES,
+                        help="a value (file or column value) over this many bytes is not "
+                             "read into Python: its row gets a 'value too large' error "
+                             "(default: %(default)s, 64 MiB)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 _PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
 
 
@@ -157,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pixels", type=int, default=None,
                      help="refuse images with more pixels than this before decoding "
                           "(default: 64,000,000)")
+    _add_row_limit_option(run)
     _add_output_options(run)
     _add_model_options(run)
     _add_pool_options(run)
@@ -181,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most N new files per micro-batch")
     stream.add_argument("--available-now", action="store_true",
                         help="process the files present now, then exit")
+    _add_row_limit_option(stream)
     _add_model_options(stream)
     _add_pool_options(stream)
     _add_cluster_options(stream)
@@ -297,6 +318,7 @@ def cmd_run(args) -> int:
                           pool=_pool_settings(args), ray_address=runtime.ray_address,
                           top_k=args.top_k, progress=not args.no_progress,
                           fail_fast=args.fail_fast, preprocess=preprocess,
+                          max_row_bytes=args.max_row_bytes,
                           overwrite=args.overwrite)
     return _report(summary, args)
 
@@ -344,7 +366,8 @@ def cmd_stream(args) -> int:
                              available_now=args.available_now,
                              max_files_per_trigger=args.max_files_per_trigger,
                              model=spec, mode=args.mode, pool=_pool_settings(args),
-                             ray_address=runtime.ray_address, top_k=args.top_k)
+                             ray_address=runtime.ray_address, top_k=args.top_k,
+                             max_row_bytes=args.max_row_bytes)
         print(f"streaming {args.input} -> {args.output} (checkpoint {args.checkpoint}); "
               "Ctrl-C stops", flush=True)
         stop_requested = []
