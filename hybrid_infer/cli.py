@@ -91,13 +91,24 @@ def _add_pool_options(parser):
                        help="rows each actor computes at once, shared by its streams "
                             "(default: 32 on CPU, 256 on a GPU)")
     group.add_argument("--torch-threads", type=int, default=None,
-                       help="torch threads per actor (default: the machine's cores)")
+                       help="torch threads per actor (default: the CPUs each actor gets "
+                            "from Ray, --num-cpus-per-actor rounded up)")
     group.add_argument("--streams", type=int, default=None,
                        help="model threads per actor, each on torch-threads/streams "
                             "threads (default: one per torch thread on CPU, one on GPU)")
     group.add_argument("--num-actors", type=int, default=None,
                        help="actors in the pool (default: one per GPU, else one)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group.add_argument("--num-cpus-per-actor", type=float,
+                       default=_PLACEMENT.num_cpus_per_actor,
+                       help="CPUs Ray reserves for each actor (default: %(default)s)")
+    group.add_argument("--num-gpus-per-actor", type=float, default=None,
+                       help="GPUs Ray reserves for each actor, may be fractional (default: "
+                            "1 with --device cuda, even before a GPU node exists; with "
+                            "auto, 1 if the cluster has GPUs at pool start, else 0)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="cuda: every actor asks Ray for a GPU (an autoscaler can add "
+                            "GPU nodes); auto: a GPU when the cluster has some at pool "
+                            "start, else CPU (default: %(default)s)")
     group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                        help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -113,7 +124,9 @@ def _add_pool_options(parser):
     group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
                        help="seconds building the weights may take at pool start")
     group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
-                       help="seconds new actors may take to be placed and load the model")
+                       help="seconds new actors may take to be placed and load the model "
+                            "(raise it when an autoscaler must first add nodes; default: "
+                            "%(default)s)")
 
 
 def _pool_settings(args):
@@ -123,6 +136,8 @@ def _pool_settings(args):
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
+                        num_cpus_per_actor=args.num_cpus_per_actor,
+                        num_gpus_per_actor=args.num_gpus_per_actor,
                         idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
                         place_timeout_s=args.place_timeout, decode=args.decode)
 
@@ -251,6 +266,17 @@ def _before_start(check, *args, **kwargs):
 def _say(text: str) -> None:
     """Messages beside the result go to stderr, so stdout holds only the result."""
     print(text, file=sys.stderr, flush=True)
+
+
+def show_warnings_plainly() -> None:
+    """Print Python warnings (random weights, ...) as one plain line each, like the
+    command's errors, instead of Python's `file:line: Category: text` form."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        _say(f"hybrid-infer: warning: {' '.join(str(message).split())}")
+
+    warnings.showwarning = show
 
 
 def _report(summary, args) -> int:
@@ -431,6 +457,7 @@ def main(argv=None) -> int:
     from hybrid_infer.logs import log_to_stderr
 
     log_to_stderr(args.log_level)
+    show_warnings_plainly()
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:
