@@ -73,7 +73,7 @@ class JobOptions:
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
 
     def __post_init__(self):
-        check_limit(self.max_row_bytes)
+        object.__setattr__(self, "max_row_bytes", check_limit(self.max_row_bytes))
         if self.top_k < 0:
             raise ConfigurationError(f"top_k must be >= 0, got {self.top_k}")
         if self.input_shape is not None:

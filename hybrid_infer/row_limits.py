@@ -18,6 +18,7 @@ Ray or Flight; its row comes back with an `error` saying why and what to do.
 from __future__ import annotations
 
 import logging
+import numbers
 
 from hybrid_infer.decode import ROW_ERROR_MARKER
 
@@ -47,11 +48,11 @@ def check_limit(max_row_bytes) -> int:
     """The limit as an int, or ConfigurationError when it is not a positive integer."""
     from hybrid_infer.errors import ConfigurationError
 
-    if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, int) \
+    if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, numbers.Integral) \
             or max_row_bytes <= 0:
         raise ConfigurationError(f"max_row_bytes must be a positive number of bytes, got "
                                  f"{max_row_bytes!r} (default {DEFAULT_MAX_ROW_BYTES})")
-    return max_row_bytes
+    return int(max_row_bytes)
 
 
 #: A refused row's `error`: the same first words for every such row ("value too large"),

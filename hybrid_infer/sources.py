@@ -99,6 +99,10 @@ def read_images_listed(spark, path: str, *, glob: str | None = None, recursive: 
         listing.files = len(seen)
         extra = [(uri, None) for uri in listing.empty]
     frame = limit_file_rows(files, max_row_bytes)
+    if listing.unreadable:  # their rows are made here: not also as oversized (never read)
+        from pyspark.sql import functions as F
+
+        frame = frame.where(~F.col("path").isin(list(listing.unreadable)))
     return (frame.unionByName(_made_rows(spark, extra)) if extra else frame), listing
 
 
