@@ -142,3 +142,17 @@ def test_cli_run_refuses_oversized_files_and_counts_them(tmp_path, ray_address, 
     assert done.returncode == 3, done.stderr[-3000:]  # 3: the job ran, some rows failed
     assert "rows 5, succeeded 3, failed 2" in done.stdout, done.stdout
     assert "2 rows failed: value too large\n" in done.stdout + "\n", done.stdout
+
+
+def test_fail_fast_stops_on_an_oversized_row_with_its_reason(spark, ray_address, small_pool):
+    from hybrid_infer.errors import from_spark
+
+    values = {"plain": JPEG, "over": padded(LIMIT + 1)}
+    result = infer(images_frame(spark, values), SMALL_MODEL, weights="random",
+                   pool=small_settings(), preprocess=small_preprocess(),
+                   ray_address=ray_address, max_row_bytes=LIMIT, fail_fast=True)
+    with pytest.raises(Exception) as caught:
+        result.collect()
+    error = from_spark(caught.value)
+    assert error is not None, str(caught.value)[:2000]
+    assert f"row id=over: value too large: {LIMIT + 1} bytes" in str(error), str(error)
