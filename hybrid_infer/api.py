@@ -18,6 +18,8 @@ from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.models import model_spec, warn_if_random
 from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PARTS, PoolSettings, route_fields
+from hybrid_infer.row_limits import (DEFAULT_MAX_ROW_BYTES, REFUSAL_COL, check_limit,
+                                     merge_refusals, refuse_oversized)
 
 MODES = ("hybrid", "raydp", "udf")
 
@@ -57,6 +59,10 @@ class JobOptions:
     job_id: a name unique to this job: the pool's actors count the rows they answer
     under it, which is how a progress line (hybrid_infer.progress) follows one job on
     a warm pool that other jobs share (hybrid and raydp modes; None: not counted).
+    max_row_bytes: a value larger than this many bytes (default 64 MiB; see
+    row_limits.DEFAULT_MAX_ROW_BYTES for why) is refused in Spark's JVM, before it
+    reaches Arrow, Python or the pool: its row comes back with "value too large: ..."
+    as its error (numeric arrays count 1-8 bytes per element).
     """
 
     input_col: str | None = None
@@ -68,8 +74,10 @@ class JobOptions:
     fail_fast: bool = False
     loader_workers: int = 0
     job_id: str | None = None
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
 
     def __post_init__(self):
+        object.__setattr__(self, "max_row_bytes", check_limit(self.max_row_bytes))
         if self.top_k < 0:
             raise ConfigurationError(f"top_k must be >= 0, got {self.top_k}")
         if self.input_shape is not None:
@@ -115,11 +123,14 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
                              input_shape=job.input_shape,
                              class_names=_class_names(job.class_names, spec),
                              batch_timeout_s=pool.client.batch_timeout_s, job_id=job.job_id)
+    # Checked in the JVM before any mode copies a value into Arrow (every mode below).
+    df = refuse_oversized(df, input_col, job.max_row_bytes)
+    carried = id_cols + [REFUSAL_COL]  # a refused row's reason travels with its ids
 
     if mode == "udf":
         from hybrid_infer.modes.udf import run_udf
 
-        result = run_udf(df, spec=spec, input_col=input_col, id_cols=id_cols,
+        result = run_udf(df, spec=spec, input_col=input_col, id_cols=carried,
                          options=options, actor=pool.actor,
                          loader_workers=job.loader_workers)
     else:
@@ -133,7 +144,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         # plan run after this lease ended finds the pool scaled down, and it scales up.
         running.lease(client.plan_lease_s)
         address = running.address()
-        stream = dict(address=address, input_col=input_col, id_cols=id_cols, options=options,
+        stream = dict(address=address, input_col=input_col, id_cols=carried, options=options,
                       rows_per_batch=client.rows_per_batch,
                       max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s)
         if mode == "raydp":
@@ -144,6 +155,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
             from hybrid_infer.modes.hybrid import run_hybrid
 
             result = run_hybrid(df, **stream)
+    result = merge_refusals(result)
     return _stop_on_first_error(result, id_cols) if job.fail_fast else result
 
 

@@ -63,6 +63,25 @@ def _add_model_options(parser, *, weights_default=None):
                        help="load pickled checkpoints (trusted files only: runs their code)")
 
 
+def _add_row_limit_option(parser):
+    from hybrid_infer.row_limits import DEFAULT_MAX_ROW_BYTES
+
+    parser.add_argument("--max-row-bytes", type=_positive_int, default=DEFAULT_MAX_ROW_BYTES,
+                        help="a value (file or column value) over this many bytes is not "
+                             "read into Python: its row gets a 'value too large' error "
+                             "(default: %(default)s, 64 MiB)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 _PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
 _CLIENT = ClientSettings()
 #: The demo's requests are small, so that its 64 images show progress as they go.
@@ -75,7 +94,8 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                        help="rows each actor computes at once, shared by its streams "
                             "(default: 32 on CPU, 256 on a GPU)")
     group.add_argument("--torch-threads", type=int, default=None,
-                       help="torch threads per actor (default: the machine's cores)")
+                       help="torch threads per actor (default: the CPUs each actor gets "
+                            "from Ray, --num-cpus-per-actor rounded up)")
     group.add_argument("--streams", type=int, default=None,
                        help="model threads per actor, each on torch-threads/streams "
                             "threads (default: one per torch thread on CPU, one on GPU)")
@@ -87,7 +107,17 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                             "frees every actor and scales up again for the next job)")
     group.add_argument("--max-actors", type=int, default=None,
                        help="the most actors the pool may have (default: no bound)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group.add_argument("--num-cpus-per-actor", type=float,
+                       default=_PLACEMENT.num_cpus_per_actor,
+                       help="CPUs Ray reserves for each actor (default: %(default)s)")
+    group.add_argument("--num-gpus-per-actor", type=float, default=None,
+                       help="GPUs Ray reserves for each actor, may be fractional (default: "
+                            "1 with --device cuda, even before a GPU node exists; with "
+                            "auto, 1 if the cluster has GPUs at pool start, else 0)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="cuda: every actor asks Ray for a GPU (an autoscaler can add "
+                            "GPU nodes); auto: a GPU when the cluster has some at pool "
+                            "start, else CPU (default: %(default)s)")
     group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                        help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -104,7 +134,9 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
     group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
                        help="seconds building the weights may take at pool start")
     group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
-                       help="seconds new actors may take to be placed and load the model")
+                       help="seconds new actors may take to be placed and load the model "
+                            "(raise it when an autoscaler must first add nodes; default: "
+                            "%(default)s)")
     group.add_argument("--rows-per-batch", type=int, default=rows_per_batch_default,
                        help="rows a Spark task sends the pool per request; the progress "
                             "line counts answered requests (default: %(default)s)")
@@ -138,6 +170,8 @@ def _pool_settings(args):
                         device=args.device, precision=args.precision,
                         channels_last=args.channels_last, optimize=args.optimize,
                         torch_threads=args.torch_threads, streams=args.streams,
+                        num_cpus_per_actor=args.num_cpus_per_actor,
+                        num_gpus_per_actor=args.num_gpus_per_actor,
                         idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
                         place_timeout_s=args.place_timeout, decode=args.decode,
                         rows_per_batch=args.rows_per_batch)
@@ -195,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pixels", type=int, default=None,
                      help="refuse images with more pixels than this before decoding "
                           "(default: 64,000,000)")
+    _add_row_limit_option(run)
     _add_output_options(run)
     _add_progress_options(run)
     _add_console_options(run)
@@ -222,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--available-now", action="store_true",
                         help="process the files present now, then exit")
     _add_console_options(stream)
+    _add_row_limit_option(stream)
     _add_model_options(stream)
     _add_pool_options(stream)
     _add_cluster_options(stream)
@@ -299,6 +335,17 @@ def _start_runtime(args):
                          spark_conf=logs.spark_conf() if logs else None, spark_log_level=None)
 
 
+def show_warnings_plainly() -> None:
+    """Print Python warnings (random weights, ...) as one plain line each, like the
+    command's errors, instead of Python's `file:line: Category: text` form."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        _say(f"hybrid-infer: warning: {' '.join(str(message).split())}")
+
+    warnings.showwarning = show
+
+
 def _report(summary, args) -> int:
     logs = _library_logs(args)
     summary.log = logs.path if logs is not None and not logs.is_empty() else None
@@ -364,6 +411,7 @@ def cmd_run(args) -> int:
                           top_k=args.top_k, progress=not args.no_progress,
                           progress_interval_s=args.progress_interval,
                           fail_fast=args.fail_fast, preprocess=preprocess,
+                          max_row_bytes=args.max_row_bytes,
                           overwrite=args.overwrite)
     return _report(summary, args)
 
@@ -411,7 +459,8 @@ def cmd_stream(args) -> int:
                              available_now=args.available_now,
                              max_files_per_trigger=args.max_files_per_trigger,
                              model=spec, mode=args.mode, pool=_pool_settings(args),
-                             ray_address=runtime.ray_address, top_k=args.top_k)
+                             ray_address=runtime.ray_address, top_k=args.top_k,
+                             max_row_bytes=args.max_row_bytes)
         print(f"streaming {args.input} -> {args.output} (checkpoint {args.checkpoint}); "
               "Ctrl-C stops", flush=True)
         stop_requested = []
@@ -487,6 +536,7 @@ def main(argv=None) -> int:
     from hybrid_infer.logs import log_to_stderr
 
     log_to_stderr(args.log_level)
+    show_warnings_plainly()
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:

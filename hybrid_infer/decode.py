@@ -92,6 +92,9 @@ _REFUSED_SIGNATURES = {b"%!PS": "PostScript/EPS", b"\xc5\xd0\xd3\xc6": "EPS",
 #: Content of a row that sources.read_images made for a file it could not read; the
 #: reason follows. No image starts with a NUL byte and this text.
 UNREADABLE_MARKER = b"\x00hybrid-infer unreadable file\x00"
+#: Content of a row refused before decoding (row_limits.limit_file_rows: a file over
+#: max_row_bytes, never read); the row's whole `error` follows.
+ROW_ERROR_MARKER = b"\x00hybrid-infer row error\x00"
 
 
 def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -105,6 +108,8 @@ def open_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS):
     if bytes(data[:len(UNREADABLE_MARKER)]) == UNREADABLE_MARKER:
         reason = bytes(data[len(UNREADABLE_MARKER):]).decode("utf-8", "replace")
         raise DecodeError(f"unreadable file: {reason}")
+    if bytes(data[:len(ROW_ERROR_MARKER)]) == ROW_ERROR_MARKER:
+        raise DecodeError(bytes(data[len(ROW_ERROR_MARKER):]).decode("utf-8", "replace"))
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:

@@ -81,7 +81,8 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
 
     check_output(input_path, output_path, overwrite=overwrite, spark=spark)
     existed = output_exists(output_path)
-    df, listing = read_input_listed(spark, input_path, column=input_col)
+    df, listing = read_input_listed(spark, input_path, column=input_col,
+                                    max_row_bytes=_max_row_bytes(infer_options))
     mode = infer_options.get("mode", "hybrid")
     job_id = infer_options.get("job_id") or f"job-{uuid.uuid4().hex}"
     if mode != "udf":
@@ -117,6 +118,15 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     if listing is not None:
         summary.input_files, summary.skipped = listing.files, listing.skipped_lines()
     return summary
+
+
+def _max_row_bytes(infer_options: dict) -> int:
+    """The job's row byte limit, given by keyword or in its JobOptions (else the default)."""
+    from hybrid_infer.api import JobOptions
+
+    if infer_options.get("max_row_bytes") is not None:
+        return infer_options["max_row_bytes"]
+    return (infer_options.get("job") or JobOptions()).max_row_bytes
 
 
 def _write_failure(exc: BaseException, output_path: str):

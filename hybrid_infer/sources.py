@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from hybrid_infer.decode import UNREADABLE_MARKER
 from hybrid_infer.errors import InputError
+from hybrid_infer.row_limits import DEFAULT_MAX_ROW_BYTES, check_limit, limit_file_rows
 
 #: Spark's file sources skip names starting with these (_SUCCESS, .DS_Store, ...).
 HIDDEN_PREFIXES = (".", "_")
@@ -50,7 +51,8 @@ class InputListing:
         return lines
 
 
-def read_images(spark, path: str, *, glob: str | None = None, recursive: bool = True):
+def read_images(spark, path: str, *, glob: str | None = None, recursive: bool = True,
+                max_row_bytes: int = DEFAULT_MAX_ROW_BYTES):
     """DataFrame(path string, content binary): one row for every file under `path`.
 
     Every file comes back exactly once, whatever its extension (or none): one that is
@@ -60,12 +62,17 @@ def read_images(spark, path: str, *, glob: str | None = None, recursive: bool = 
     reason. glob: your own filter on file names (Spark's pathGlobFilter, e.g.
     "*.{jpg,JPG}"): files it excludes are not rows. Hidden files (names starting with
     "." or "_") are skipped, as Spark skips them. recursive: include sub-folders.
+    max_row_bytes: a file larger than this is never read: its row gets "value too
+    large: ..." as its error (row_limits.py).
     """
-    return read_images_listed(spark, path, glob=glob, recursive=recursive)[0]
+    return read_images_listed(spark, path, glob=glob, recursive=recursive,
+                              max_row_bytes=max_row_bytes)[0]
 
 
-def read_images_listed(spark, path: str, *, glob: str | None = None, recursive: bool = True):
+def read_images_listed(spark, path: str, *, glob: str | None = None, recursive: bool = True,
+                       max_row_bytes: int = DEFAULT_MAX_ROW_BYTES):
     """read_images, and the InputListing saying what happened to each file."""
+    check_limit(max_row_bytes)
     if "://" not in path and not os.path.exists(path) and not os.path.islink(path):
         raise InputError(f"input path {path!r} does not exist: pass a directory of images "
                          "or a Parquet dataset (--input)")
@@ -91,7 +98,11 @@ def read_images_listed(spark, path: str, *, glob: str | None = None, recursive: 
         listing.empty = sorted(seen - non_empty)
         listing.files = len(seen)
         extra = [(uri, None) for uri in listing.empty]
-    frame = files.select("path", "content")
+    frame = limit_file_rows(files, max_row_bytes)
+    if listing.unreadable:  # their rows are made here: not also as oversized (never read)
+        from pyspark.sql import functions as F
+
+        frame = frame.where(~F.col("path").isin(list(listing.unreadable)))
     return (frame.unionByName(_made_rows(spark, extra)) if extra else frame), listing
 
 
@@ -194,16 +205,21 @@ def read_parquet(spark, path: str, *, column: str = "content"):
     return df
 
 
-def read_input(spark, path: str, *, column: str = "content"):
-    """Pick the reader: Parquet for .parquet files or directories holding them."""
-    return read_input_listed(spark, path, column=column)[0]
+def read_input(spark, path: str, *, column: str = "content",
+               max_row_bytes: int = DEFAULT_MAX_ROW_BYTES):
+    """Pick the reader: Parquet for .parquet files or directories holding them.
+
+    max_row_bytes: for a folder of images, files over it are never read (a Parquet
+    column's values are checked by infer(), in the JVM, before they reach Python)."""
+    return read_input_listed(spark, path, column=column, max_row_bytes=max_row_bytes)[0]
 
 
-def read_input_listed(spark, path: str, *, column: str = "content"):
+def read_input_listed(spark, path: str, *, column: str = "content",
+                      max_row_bytes: int = DEFAULT_MAX_ROW_BYTES):
     """read_input, and for a folder of images its InputListing (None for Parquet)."""
     if is_parquet(path):
         return read_parquet(spark, path, column=column), None
-    return read_images_listed(spark, path)
+    return read_images_listed(spark, path, max_row_bytes=max_row_bytes)
 
 
 def is_parquet(path: str) -> bool:

@@ -43,12 +43,20 @@ class InferenceActor(PoolActor):
         import torch
 
         from hybrid_infer.actor.pipeline import InferencePipeline, PipelineStats
+        from hybrid_infer.actor.resources import Granted, check_gpu_usable, default_torch_threads
         from hybrid_infer.actor.runner import ModelRunner, resolve_device
         from hybrid_infer.weights import module_from_arrays
 
         started = time.time()
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1))
+        granted = Granted.current()
+        # Ray gave a GPU that torch cannot use: fail now, not run silently on CPU.
+        check_gpu_usable(settings.device, granted.gpu_ids, torch.cuda.is_available(),
+                         torch.__version__, torch.version.cuda,
+                         os.environ.get("CUDA_VISIBLE_DEVICES"))
+        # The CPUs Ray assigned this actor, not the host's cores (other actors share them).
+        threads = settings.torch_threads or default_torch_threads(granted.cpus)
         torch.set_num_threads(threads)
+        self.torch_threads = torch.get_num_threads()  # what torch took, for status()
         self.pool_name = pool_name
         self.index = index
         # None-valued defaults (batch size, precision, channels_last) resolved per device.
@@ -128,6 +136,7 @@ class InferenceActor(PoolActor):
             "decode": self.decode,
             "batch_size": self.settings.batch_size,
             "precision": self.settings.precision,
+            "torch_threads": self.torch_threads,
             "streams": self.streams,
             "threads_per_stream": self.stream_threads,
             "optimize": self.runner.optimize,

@@ -49,6 +49,7 @@ from dataclasses import asdict, replace
 from hybrid_infer.errors import HybridInferError, PoolError, from_spark
 from hybrid_infer.pool.leases import LeaseBook
 from hybrid_infer.pool.orphans import ACTOR_INFIX, actor_name, adopt_orphans, taken_indices
+from hybrid_infer.pool.placement import gpus_per_actor, unplaced_message
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE
 from hybrid_infer.servable import payload_nbytes
@@ -344,11 +345,9 @@ class PoolManager:
             except ray.exceptions.GetTimeoutError:
                 for actor in new:
                     ray.kill(actor, no_restart=True)
-                raise PoolError(
-                    f"{len(new)} new actor(s) were not placed and loaded within {timeout:.0f} s "
-                    f"(place_timeout_s): the cluster may lack the CPUs/GPUs they ask for "
-                    f"({self._resources_per_actor()} each; {ray.available_resources()} free); "
-                    "ask for fewer actors or resources, or add nodes") from None
+                raise PoolError(unplaced_message(
+                    len(new), timeout, self._resources_per_actor(), ray.cluster_resources(),
+                    ray.available_resources())) from None
             except ray.exceptions.RayActorError as exc:  # its constructor raised
                 for actor in new:
                     ray.kill(actor, no_restart=True)
@@ -401,10 +400,8 @@ class PoolManager:
         return actor
 
     def _resources_per_actor(self) -> dict:
-        num_gpus = self.placement.num_gpus_per_actor
-        if num_gpus is None:
-            gpu_device = self.actor_settings.device in ("auto", "cuda")
-            num_gpus = 1 if gpu_device and _cluster_gpus() else 0
+        num_gpus = gpus_per_actor(self.actor_settings.device,
+                                  self.placement.num_gpus_per_actor, _cluster_gpus())
         return {"num_cpus": self.placement.num_cpus_per_actor, "num_gpus": num_gpus}
 
     def stop(self) -> int:

@@ -71,7 +71,8 @@ class ActorSettings:
     (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
     predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
     actor its own copy of the (folded) weights instead of the shared object-store copy.
-    torch_threads: torch threads per actor (None: the machine's cores).
+    torch_threads: torch threads per actor (None: the CPUs Ray assigned the actor,
+    num_cpus_per_actor rounded up, at least 1; outside Ray the machine's cores).
     streams: model threads per actor, each computing batch_size / streams rows on
     torch_threads / streams intra-op threads. None: on CPU one single-threaded stream
     per torch thread (faster than one batch over several threads: no synchronisation
@@ -155,8 +156,12 @@ class PlacementSettings:
     only its manager and the weights' object-store copy; the next job scales it up).
     max_actors: the most actors the pool may have (None: no bound).
     num_cpus_per_actor, num_gpus_per_actor: Ray resources per actor; num_gpus may be
-    fractional (0.5: two actors share a GPU); None: one GPU when the device may be a
-    GPU and the cluster has some, else none.
+    fractional (0.5: two actors share a GPU); None: one GPU per actor for
+    device="cuda", even before the cluster has a GPU node (an autoscaler adds one for
+    actors waiting for it); for device="auto", one when the cluster has GPUs when the
+    pool starts, else none (pass device="cuda" on an autoscaling cluster whose GPU
+    nodes are not up yet); see pool/placement.py. An actor holding a GPU that torch
+    cannot use fails to start with the reason (actor/resources.py).
     idle_timeout_s: the pool scales down to min_actors after this long without work and
     without a job holding a lease on it (0: never). Only `pool stop` stops it.
     build_timeout_s: starting fails when building the weights into the object store
