@@ -13,7 +13,7 @@ import pytest
 
 from faults import SMALL_MODEL, rgb_jpeg, small_preprocess, small_settings
 from hybrid_infer.models import ModelSpec
-from hybrid_infer.sources import glob_matches, read_images, read_images_listed
+from hybrid_infer.sources import glob_matches, read_images_listed
 
 #: file name -> the error kind it must come back with (None: a prediction)
 IMAGES = {

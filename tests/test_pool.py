@@ -318,7 +318,7 @@ def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, ca
 
     import ray
 
-    from hybrid_infer.pool.registry import PoolManager
+    from hybrid_infer.pool.manager import PoolManager
     from hybrid_infer.pool.settings import PoolKey
     from hybrid_infer.weights import weights_digest
 

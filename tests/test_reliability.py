@@ -24,7 +24,8 @@ from hybrid_infer import infer
 from hybrid_infer.errors import ConfigurationError, ModelError, PoolError
 from hybrid_infer.errors import from_spark
 from hybrid_infer.models import ModelSpec
-from hybrid_infer.pool.registry import Pool, PoolManager
+from hybrid_infer.pool.manager import PoolManager
+from hybrid_infer.pool.registry import Pool
 from hybrid_infer.pool.settings import PoolKey
 from hybrid_infer.runtime import NAMESPACE
 
