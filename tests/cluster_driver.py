@@ -22,7 +22,11 @@ from conftest import TEST_BATCH, TEST_MODEL
 def pool_settings(num_actors: int | None):
     from hybrid_infer.pool.settings import PoolSettings
 
-    return PoolSettings(num_actors=num_actors, batch_size=TEST_BATCH, torch_threads=1)
+    # Placed by the nodes' logical GPUs, as on GPU machines, but run on the CPU: these
+    # GPUs are not real, and an actor holding a GPU with device "auto" would (rightly)
+    # refuse to start when torch cannot use it.
+    return PoolSettings(num_actors=num_actors, batch_size=TEST_BATCH, torch_threads=1,
+                        device="cpu", num_gpus_per_actor=1)
 
 
 def describe_actors(pool) -> list[dict]:

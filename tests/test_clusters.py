@@ -41,8 +41,8 @@ def spark_cluster(cluster_logs):
 
 @pytest.fixture(scope="module")
 def ray_cluster(cluster_logs):
-    # one logical GPU per node: Ray schedules by it as on GPU machines (the actors then
-    # run on the CPU, as torch sees no CUDA device here). 4 CPU slots per node: room for
+    # one logical GPU per node: Ray schedules by it as on GPU machines (the actors ask
+    # for one each and run on the CPU: cluster_driver.pool_settings). 4 CPU slots per node: room for
     # the GPU pool's actor and two CPU-pool actors.
     cluster = start_ray_cluster(cluster_logs, NODES, num_cpus=4, num_gpus=1)
     yield cluster
