@@ -104,6 +104,8 @@ def test_flat_keywords_go_to_their_part_and_read_back_flat():
     ({"num_actors": 5, "max_actors": 2}, r"num_actors \(5\) must be within"),
     ({"num_actors": 1, "min_actors": 2}, r"num_actors \(1\) must be within"),
     ({"plan_lease_s": -1}, "plan_lease_s must be >= 0"),
+    ({"tls_cert": "pool.crt"}, "TLS needs both tls_cert and tls_key"),
+    ({"tls_key": "pool.key"}, "TLS needs both tls_cert and tls_key"),
     ({"actor": PlacementSettings()}, "takes ActorSettings, got PlacementSettings"),
 ])
 def test_validation_names_the_setting_and_the_fix(settings, message):

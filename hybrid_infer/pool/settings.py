@@ -122,6 +122,10 @@ class ActorSettings:
             raise ConfigurationError(
                 "optimize='compile' runs one stream per actor (a torch.compile'd module is "
                 "not safe to call from several threads): leave streams unset or use 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigurationError(
+                "TLS needs both tls_cert and tls_key (PEM files on every Ray node): pass "
+                "both, or neither for plain Flight")
 
     def for_device(self, device: str) -> "ActorSettings":
         """These settings with the defaults left as None resolved for `device` ("cpu" or
@@ -132,8 +136,6 @@ class ActorSettings:
         resolved = {name: value for name, value in defaults.items()
                     if getattr(self, name) is None}
         return replace(self, **resolved) if resolved else self
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigurationError("TLS needs both tls_cert and tls_key (PEM files)")
 
     def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
         """(streams, torch threads per stream) for an actor on `device` with `threads`."""
