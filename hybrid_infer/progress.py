@@ -150,6 +150,13 @@ class ProgressLine:
         elif time.time() - self._bar.last_print_t >= self._repeat_s:
             self._bar.refresh()
 
+    def finish(self, rows: int) -> None:
+        """The last count, printed even within `mininterval` of the line before (which
+        tqdm's update would skip, leaving a finished job's last line short of it)."""
+        self.show(rows)
+        if self._bar.last_print_n != self._bar.n:
+            self._bar.refresh()
+
     def close(self) -> None:
         self._bar.close()
 
@@ -177,7 +184,7 @@ class JobProgress:
         self._stop.set()
         self._thread.join()
         if exc_type is None:
-            self._line.show(self._total)
+            self._line.finish(self._total)
         self._line.close()
 
     def _loop(self) -> None:

@@ -147,6 +147,19 @@ def test_off_a_terminal_each_update_is_a_line_and_the_end_is_every_row():
     assert rows == sorted(rows)
 
 
+def test_the_last_line_is_every_row_even_right_after_the_line_before():
+    """A job that ends within tqdm's mininterval of its last update still prints its
+    last count (the demo once ended on 60/64)."""
+    from hybrid_infer.progress import ProgressLine
+
+    stream = io.StringIO()
+    line = ProgressLine(64, stream, interval_s=60.0)  # mininterval 30 s
+    line.show(60)
+    line.finish(64)
+    line.close()
+    assert progress_rows(stream.getvalue(), 64)[-1] == 64, stream.getvalue()
+
+
 def test_a_failed_count_does_not_fail_the_job_and_a_failed_job_does_not_claim_every_row():
     from hybrid_infer.progress import JobProgress
 
