@@ -74,6 +74,17 @@ def out_of_process(delay_s: float):
     return process, process.stdout.readline().strip()
 
 
+def map_killing(client, doomed, payloads, after: int = 5) -> pa.Table:
+    """Everything `client` maps, with the `doomed` server process killed after the
+    `after`th result."""
+    out = []
+    for n, result in enumerate(client.map(payloads)):
+        out.append(result)
+        if n == after:
+            doomed.kill()
+    return pa.Table.from_batches(out)
+
+
 def test_results_come_back_in_input_order_from_least_loaded_actors(servers):
     (a, ha), (b, hb) = servers(0.01), servers(0.03)  # b is slower: answers out of turn
     client = PoolClient(address([a.uri, b.uri]), header(), max_in_flight=2)
@@ -102,12 +113,7 @@ def test_an_actor_killed_mid_stream_has_its_batches_resent_and_endpoints_refresh
         manager = Manager([survivor.uri, replacement.uri])  # after the heal
         client = PoolClient(address([doomed_uri, survivor.uri], manager.server.uri), header(),
                             max_in_flight=2)
-        out = []
-        for n, result in enumerate(client.map(batches(60))):
-            out.append(result)
-            if n == 5:
-                doomed.kill()
-        got = pa.Table.from_batches(out)
+        got = map_killing(client, doomed, batches(60))
         assert got.column("x").to_pylist() == list(range(180))  # nothing lost nor doubled
         assert client.resent >= 1 and manager.calls >= 1 and client.refreshes >= 1
         assert replacement_handler.batches > 0  # the refreshed list was used
@@ -138,12 +144,7 @@ def test_a_dead_manager_fails_nothing_while_live_actors_remain(servers):
         survivor, handler = servers(0.02)
         dead_manager = "grpc+tcp://127.0.0.1:9"  # discard port: nothing listens
         client = PoolClient(address([doomed_uri, survivor.uri], dead_manager), header())
-        out = []
-        for n, result in enumerate(client.map(batches(40))):
-            out.append(result)
-            if n == 5:
-                doomed.kill()
-        got = pa.Table.from_batches(out)
+        got = map_killing(client, doomed, batches(40))
         assert got.column("x").to_pylist() == list(range(120))  # nothing lost nor doubled
         assert client.resent >= 1 and handler.batches > 20
     finally:
