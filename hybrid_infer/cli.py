@@ -94,8 +94,9 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                        help="rows each actor computes at once, shared by its streams "
                             "(default: 32 on CPU, 256 on a GPU)")
     group.add_argument("--torch-threads", type=int, default=None,
-                       help="torch threads per actor (default: the CPUs each actor gets "
-                            "from Ray, --num-cpus-per-actor rounded up)")
+                       help="torch threads per actor (default: on CPU the cores of the "
+                            "actor's node, or --num-cpus-per-actor when given; on GPU "
+                            "the CPUs Ray gives it)")
     group.add_argument("--streams", type=int, default=None,
                        help="model threads per actor, each on torch-threads/streams "
                             "threads (default: one per torch thread on CPU, one on GPU)")
@@ -106,10 +107,12 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                        help="actors an idle pool keeps (default: %(default)s: an idle pool "
                             "frees every actor and scales up again for the next job)")
     group.add_argument("--max-actors", type=int, default=None,
-                       help="the most actors the pool may have (default: no bound)")
-    group.add_argument("--num-cpus-per-actor", type=float,
-                       default=_PLACEMENT.num_cpus_per_actor,
-                       help="CPUs Ray reserves for each actor (default: %(default)s)")
+                       help="the most actors a busy pool may grow to (default: "
+                            "--num-actors when given, else one per GPU, or one per node "
+                            "on CPU)")
+    group.add_argument("--num-cpus-per-actor", type=float, default=None,
+                       help="CPUs Ray reserves for each actor, and its torch threads "
+                            "(default: one Ray CPU, the model on the node's cores)")
     group.add_argument("--num-gpus-per-actor", type=float, default=None,
                        help="GPUs Ray reserves for each actor, may be fractional (default: "
                             "1 with --device cuda, even before a GPU node exists; with "

@@ -39,7 +39,8 @@ class InferenceActor(PoolActor):
     """Wrapped with ray.remote by the registry; plain class so it can be read and tested.
     Its Flight service, ping and status come from PoolActor."""
 
-    def __init__(self, spec, weights, settings, pool_name: str, index: int):
+    def __init__(self, spec, weights, settings, pool_name: str, index: int,
+                 node_threads: int | None = None):
         import torch
 
         from hybrid_infer.actor.pipeline import InferencePipeline, PipelineStats
@@ -53,8 +54,9 @@ class InferenceActor(PoolActor):
         check_gpu_usable(settings.device, granted.gpu_ids, torch.cuda.is_available(),
                          torch.__version__, torch.version.cuda,
                          os.environ.get("CUDA_VISIBLE_DEVICES"))
-        # The CPUs Ray assigned this actor, not the host's cores (other actors share them).
-        threads = settings.torch_threads or default_torch_threads(granted.cpus)
+        # Asked for; else this actor's share of its node's cores (a CPU pool sized by
+        # default); else the CPUs Ray assigned it (a GPU actor's, or ones asked for).
+        threads = settings.torch_threads or default_torch_threads(granted.cpus, node_threads)
         torch.set_num_threads(threads)
         self.torch_threads = torch.get_num_threads()  # what torch took, for status()
         self.pool_name = pool_name

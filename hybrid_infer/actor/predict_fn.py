@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from hybrid_infer.actor.resources import default_torch_threads
 from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.servable import Servable
 from hybrid_infer.transport.protocol import OBJECT_SCHEMA, batch_object, object_batch
@@ -79,18 +81,24 @@ class PredictFnActor(PoolActor):
     Its Flight service, ping and status come from PoolActor."""
 
     def __init__(self, spec: PredictFnSpec, payload: bytes, settings, pool_name: str,
-                 index: int):
+                 index: int, node_threads: int | None = None):
         import pickle
 
         started = time.time()
-        if settings.torch_threads:  # only when asked: the user's model may not be torch
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
         self.pool_name = pool_name
         self.index = index
         make_predict_fn = pickle.loads(payload)  # cloudpickle output loads with pickle
         self.predict_fn = make_predict_fn()
+        # torch threads: when asked, or this actor's share of its node's cores (a CPU
+        # pool sized by default), where Ray would leave torch on one (OMP_NUM_THREADS=1).
+        # Only asked threads import torch: the user's model may not be torch.
+        threads = settings.torch_threads or (
+            default_torch_threads(None, node_threads) if node_threads else None)
+        if threads and (settings.torch_threads or "torch" in sys.modules):
+            import torch
+
+            torch.set_num_threads(threads)
+        self.torch_threads = threads
         self.model_loads = 1
         self.load_seconds = time.time() - started
         self.started_at = started
@@ -127,6 +135,7 @@ class PredictFnActor(PoolActor):
             "batches": self.batches,
             "rows": self.rows,
             "max_batch_rows": self.max_batch_rows,
+            "torch_threads": self.torch_threads,  # None: left as the predict function found it
             "model_seconds": round(self.model_seconds, 3),
             "last_used": self.last_used,
         }

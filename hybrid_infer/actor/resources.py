@@ -34,12 +34,27 @@ class Granted:
         return cls(tuple(ray.get_gpu_ids()), float(assigned.get("CPU", 0.0)))
 
 
-def default_torch_threads(assigned_cpus: float | None) -> int:
-    """Torch threads when torch_threads is not set: the CPUs Ray assigned (rounded up,
-    at least 1); outside Ray, the machine's cores."""
+def default_torch_threads(assigned_cpus: float | None, node_threads: int | None = None) -> int:
+    """Torch threads when torch_threads is not set.
+
+    node_threads: this actor's share of its node's cores, given by the pool's manager to
+    a CPU pool sized by default (pool/placement.py: plan_on_nodes); capped at the cores
+    this process may run on (a node may declare more CPUs to Ray than it has).
+    Otherwise the CPUs Ray assigned (rounded up, at least 1); outside Ray, the cores.
+    """
+    if node_threads:
+        return max(1, min(node_threads, host_cores()))
     if assigned_cpus is None:
-        return max(1, os.cpu_count() or 1)
+        return host_cores()
     return max(1, math.ceil(assigned_cpus))
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def check_gpu_usable(requested_device: str, gpu_ids, cuda_available: bool,

@@ -79,6 +79,9 @@ class PoolActor:
             "endpoint": self._service.uri if self._service else None,
             # most request batches this actor held at once (the clients' windows bound it)
             "held_batches_peak": self._service.held_peak if self._service else 0,
+            # held now, and wall seconds with any held: the pool's utilisation signal
+            "held_batches": self._service.held if self._service else 0,
+            "busy_s": round(self._service.busy.seconds(), 3) if self._service else 0.0,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model_loads": self.model_loads,
             "load_seconds": round(self.load_seconds, 3),

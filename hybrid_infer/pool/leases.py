@@ -38,6 +38,14 @@ class LeaseBook:
             if self._expiries.pop(lease_id, None) is not None:
                 self.last_end = max(self.last_end, self._clock())
 
+    def end_plans(self, prefix: str) -> None:
+        """End the leases whose id starts with `prefix` (a driver's plan leases: their
+        tasks now hold leases of their own)."""
+        with self._lock:
+            for lease_id in [i for i in self._expiries if i.startswith(prefix)]:
+                del self._expiries[lease_id]
+                self.last_end = max(self.last_end, self._clock())
+
     def active(self) -> int:
         """How many leases are held now (expired ones end here, at their expiry)."""
         with self._lock:

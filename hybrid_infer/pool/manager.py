@@ -1,56 +1,75 @@
 """The pool's control plane: `PoolManager`, a detached Ray actor, one per pool.
 
-It owns the object-store copy of the weights, so the copy lives exactly as long as the
-pool, whichever driver created it. The weights are built by a one-off task it calls
-(the task's worker exits after), so neither the driver nor the manager ever holds
-torch or a copy of the weights.
-
-It creates the pool's access token, starts each actor's Flight service
-(`PoolActor.serve`) and serves Flight itself, as the pool's stable entry point: its
-"endpoints" action returns the live actors' URIs, replacing dead actors (and scaling a
-scaled-down pool back up) first when asked; its "lease" action records who is using
-the pool.
+It keeps the pool's lifecycle; each concern it relies on lives in a module of its own:
+- the weights' one object-store copy (pool/weights_copy.py), owned here so that it
+  lives exactly as long as the pool, whichever driver created it;
+- the live actors (pool/actor_set.py), and where they go (pool/placement.py);
+- the pool's Flight entry point (pool/entry.py): the live actors' URIs, and leases;
+- when to grow, shrink or scale down (pool/scaling.py, pure policies), applied by the
+  control loop below from samples of the actors' load;
+- idle pools giving way to pools that cannot be placed (pool/pressure.py).
 
 A pool lives as long as the jobs that need it. Running jobs hold leases on it
-(pool/leases.py): the driver's when infer() builds the plan, each task's while it
-maps. After `idle_timeout_s` with no lease and no work, the manager scales the pool
-down to `min_actors` (default 0) but stays: it is the pool's stable entry point and
-keeps the weights' one object-store copy, so a DataFrame built earlier still finds
-it. A job that arrives (a new lease) or a client that finds no live actors scales it
-back up to `num_actors`. Only an explicit stop (`pool stop`, Pool.stop) ends the
-manager; a plan run after that fails telling the user to run infer() again.
+(pool/leases.py). After `idle_timeout_s` with no lease and no work, the manager scales
+the pool down to `min_actors` (default 0) but stays: it is the pool's stable entry
+point and keeps the weights' copy, so a DataFrame built earlier still finds it. An idle
+pool also gives its actors back early when another pool cannot be placed. A job that
+arrives (a new lease) or a client that finds no live actors scales it back up to
+`num_actors`. Only an explicit stop (`pool stop`, Pool.stop) ends the manager.
 
 A pool survives its manager: the actors are detached and keep serving the jobs in
-flight (they talk to the actors directly); the next `Pool.get_or_create` finds no
-manager, starts one, which puts the weights in the object store again (the old copy
-died with its owner) and adopts the live orphans (pool/orphans.py says why).
+flight; the next `Pool.get_or_create` starts a new manager, which puts the weights in
+the object store again and adopts the live orphans (pool/orphans.py says why).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
-from hybrid_infer.errors import HybridInferError, PoolError, from_spark
+from hybrid_infer.errors import PoolError, from_spark
+from hybrid_infer.pool.actor_set import ActorSet, Member
+from hybrid_infer.pool.entry import serve_entry
 from hybrid_infer.pool.leases import LeaseBook
 from hybrid_infer.pool.orphans import actor_name, adopt_orphans, taken_indices
-from hybrid_infer.pool.placement import gpus_per_actor, unplaced_message
+from hybrid_infer.pool.placement import (cpu_nodes, cpus_per_actor, gpus_per_actor,
+                                         plan_on_nodes, runs_on_node_cores,
+                                         unplaced_message)
+from hybrid_infer.pool.pressure import (PoolUsage, free_for, holders_text, other_pools,
+                                        placeable, ray_resources)
+from hybrid_infer.pool.scaling import IdlePolicy, LoadPolicy, LoadSample, idle_for
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
+from hybrid_infer.pool.weights_copy import WeightsCopy
 from hybrid_infer.runtime import NAMESPACE
-from hybrid_infer.servable import payload_nbytes
-from hybrid_infer.transport.protocol import PoolAddress
 
 log = logging.getLogger(__name__)
 
+#: the driver's lease while infer() builds a plan (Pool.lease); tasks hold their own
+PLAN_LEASE_PREFIX = "plan-"
 #: how long an actor may take to answer a heal's ping before it counts as lost: busy
 #: actors answer at once (they serve calls concurrently)
 PING_TIMEOUT_S = 30.0
+#: how often the control loop samples the actors' load while jobs hold leases
+LOAD_PERIOD_S = 2.0
+#: how often a placement that waits checks its actors and asks idle pools again
+PLACE_POLL_S = 2.0
+#: how long a retired actor keeps serving: clients learn the new actor list when they
+#: renew their lease (every 10 s); a batch sent to it later is resent elsewhere
+DRAIN_S = 12.0
+
+
+@dataclass
+class _Sample:
+    """One look at every actor: their status, and who did not answer."""
+
+    statuses: dict = field(default_factory=dict)  # index -> the actor's status()
+    dead: set = field(default_factory=set)  # indices whose actor is gone
+    silent: set = field(default_factory=set)  # indices that did not answer in time
 
 
 class PoolManager:
@@ -69,159 +88,106 @@ class PoolManager:
         self.spec = spec
         self.actor_settings = settings.actor
         self.placement = settings.placement
+        #: num_actors given: the pool keeps that size (growing only up to max_actors)
+        self._sized_by_user = settings.placement.num_actors is not None
         self.created_at = time.time()
-        self._weights_ref = None  # set by start; owned by this actor
-        self._weights_built = False  # the build task behind the ref has answered
-        self._weights_bytes = 0
-        self._actors: list = []
-        self._indices: dict[str, int] = {}  # actor id -> its index in the actor names
-        self._endpoints: dict[str, str] = {}  # actor id -> its Flight URI
+        self._weights = WeightsCopy(spec)
+        self._set = ActorSet()
         self._lock = threading.RLock()
         self._replaced = 0
         self._adopted = 0  # actors taken over from an earlier manager of this pool
         self._last_heal_s = None  # how long the last heal that replaced an actor took
         self._stopping = False
         self._last_change = self.created_at  # end of the last start/scale/heal
+        self._last_used = 0.0  # the actors' latest work, as last sampled
         self._leases = LeaseBook()
         self._growing = False  # a scale-up for arriving work is under way
         self._token = secrets.token_urlsafe(32)
-        self._service = self._serve_flight()
-        if self.placement.idle_timeout_s:
-            threading.Thread(target=self._idle_reaper, daemon=True).start()
+        self._load = LoadPolicy(floor=1, ceiling=None)
+        self._idle = IdlePolicy(self.placement.idle_timeout_s, self.placement.min_actors)
+        self._busy_seen: dict[int, tuple[float, float]] = {}  # index -> (time, busy_s)
+        self._said_idle: set[int] = set()  # dead actors already reported
+        self._wake = threading.Event()
+        self._service = serve_entry(self, self._token)
+        threading.Thread(target=self._control_loop, daemon=True, name="pool-control").start()
 
-    # -- the pool's Flight entry point ---------------------------------------------------
-    def _serve_flight(self):
-        from hybrid_infer.actor.service import node_address
-        from hybrid_infer.transport.server import FlightService
-
-        return FlightService(None, token=self._token, host=node_address(),
-                             tls_cert=self.actor_settings.tls_cert, tls_key=self.actor_settings.tls_key,
-                             actions={"endpoints": self._endpoints_action,
-                                      "lease": self._lease_action}, max_workers=4)
-
-    def _endpoints_action(self, body: bytes) -> bytes:
-        """The live actors' URIs; with "heal", dead actors are replaced first and a pool
-        scaled down (idle, or `pool scale 0`) scales back up: a client asking is work."""
-        asked = json.loads(body or b"{}")
-        actors = self.heal() if asked.get("heal") else self.actors()
-        return json.dumps({"actors": self._uris(actors)}).encode()
-
-    def _lease_action(self, body: bytes) -> bytes:
-        """Take, renew or release a task's lease (transport/lease.py's request)."""
-        asked = json.loads(body)
-        if asked.get("release"):
-            self._leases.release(asked["id"])
-        else:
-            self.hold_lease(asked["id"], float(asked["ttl_s"]))
-        return json.dumps({"leases": self._leases.active()}).encode()
-
+    # -- what the entry point (pool/entry.py) and the driver ask ----------------------
     def hold_lease(self, lease_id: str, ttl_s: float) -> None:
         """Take or renew a lease; a new one is a job arriving, so a pool scaled down
         starts growing back to num_actors now, in the background."""
         if self._leases.hold(lease_id, ttl_s):
+            if not lease_id.startswith(PLAN_LEASE_PREFIX):
+                # a task arrived: the plans that waited for their tasks are done waiting
+                # (else a finished job's plan lease would keep an idle pool from yielding)
+                self._leases.end_plans(PLAN_LEASE_PREFIX)
+            self._wake.set()  # sample the load from now on
             self._grow_for_work()
 
-    def _uris(self, actors: list) -> list[str]:
-        return [self._endpoints[a._actor_id.hex()] for a in actors
-                if a._actor_id.hex() in self._endpoints]
+    def release_lease(self, lease_id: str) -> None:
+        self._leases.release(lease_id)
 
-    def address(self) -> PoolAddress:
+    def active_leases(self) -> int:
+        return self._leases.active()
+
+    def uris(self) -> list[str]:
+        return self._set.uris()
+
+    def address(self):
         """What a Spark task needs to use this pool (see transport/protocol.py)."""
+        from hybrid_infer.transport.protocol import PoolAddress
+
         cert = None
         if self.actor_settings.tls_cert:
             with open(self.actor_settings.tls_cert, "rb") as handle:
                 cert = handle.read()
-        return PoolAddress(self.key.name, self._service.uri, tuple(self._uris(self.actors())),
+        return PoolAddress(self.key.name, self._service.uri, tuple(self.uris()),
                            self._token, cert)
+
+    def actors(self) -> list:
+        # No lock: a job starting while a heal loads a replacement gets the live actors
+        # now rather than waiting for the load.
+        return self._set.handles()
 
     # -- lifecycle -------------------------------------------------------------------
     def is_started(self) -> bool:
-        return self._weights_ref is not None
+        return self._weights.present
 
     def start(self, num_actors: int, payload=None, build_node: str | None = None) -> list:
         """Get the weights into the object store (owned here) and start the actors.
 
-        `payload`: what the driver built (see start_arguments); this manager puts it.
-        Without one, a one-off task on `build_node` (the driver's node: weights paths
-        are the driver's) builds it. Either way the ref is owned by this detached
-        actor, so the one copy outlives the driver that started the pool.
-        Actors an earlier manager of this pool left behind are adopted meanwhile; the
-        build is only waited for when an actor must be started (the adopted ones hold
+        `payload`: what the driver built (see registry.start_arguments); this manager
+        puts it. Without one, a one-off task on `build_node` (the driver's node) builds
+        it. Actors an earlier manager of this pool left behind are adopted meanwhile;
+        the build is only waited for when an actor must be started (adopted ones hold
         their model already), so a pool that only lost its manager is back at once.
         """
-        import ray
-
         with self._lock:
             started = time.perf_counter()
-            if self._weights_ref is None:
+            if not self._weights.present:
                 if payload is None:
-                    self._weights_ref = self._submit_build(build_node)
+                    self._weights.submit_build(build_node)
                 else:
-                    self._weights_ref = ray.put(payload)
-                    self._weights_bytes = payload_nbytes(payload)
-                    self._weights_built = True
+                    self._weights.put(payload)
                 self._adopt_orphans()
             try:
                 self._scale_locked(num_actors)
             except BaseException:
-                if not self._actors:  # the next start builds again
-                    self._weights_ref, self._weights_built = None, False
+                if not len(self._set):  # the next start builds again
+                    self._weights.drop()
                 raise
             self.placement = replace(self.placement, num_actors=num_actors)  # the busy size
             log.info("pool %s started: %d actor(s), %d weight bytes, in %.1f s (%s)",
-                     self.key.name, len(self._actors), self._weights_bytes,
+                     self.key.name, len(self._set), self._weights.nbytes,
                      time.perf_counter() - started, self.key.describe())
-            return list(self._actors)
+            return self._set.handles()
 
     def _adopt_orphans(self) -> None:
         settings = self.actor_settings
         for orphan in adopt_orphans(self.key.name, self._token, settings.tls_cert,
                                     settings.tls_key,
                                     timeout_s=self.placement.place_timeout_s):
-            actor_id = orphan.actor._actor_id.hex()
-            self._indices[actor_id] = orphan.index
-            self._endpoints[actor_id] = orphan.uri
-            self._actors.append(orphan.actor)
-        self._adopted = len(self._actors)
-
-    def _submit_build(self, node_id: str):
-        """The ref of the spec's payload (weights arrays), built by a one-off task."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # num_cpus=0: building must not wait behind actors holding every CPU;
-        # max_calls=1: the worker (torch, a transient copy of the model) exits after.
-        build = ray.remote(num_cpus=0, max_calls=1)(_build_payload).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        self._weights_built = False
-        return build.remote(self.spec)
-
-    def _await_weights(self) -> None:
-        """Wait for the payload build (once): its errors and timeout are the pool's."""
-        import ray
-
-        if self._weights_ref is None:
-            raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
-        if self._weights_built:
-            return
-        timeout = self.placement.build_timeout_s
-        try:
-            arrays = ray.get(self._weights_ref, timeout=timeout)
-        except ray.exceptions.RayTaskError as exc:
-            raise unwrapped(exc) from None
-        except ray.exceptions.GetTimeoutError:
-            with contextlib.suppress(Exception):
-                ray.cancel(self._weights_ref, force=True)
-            raise PoolError(f"building the weights of {self.spec.identity} took over "
-                            f"{timeout:.0f} s (build_timeout_s): raise build_timeout_s for a "
-                            "large checkpoint on slow storage") from None
-        # (arrays: read-only views of the object; not copied)
-        self._weights_bytes, self._weights_built = payload_nbytes(arrays), True
-
-    def actors(self) -> list:
-        # No lock: a job starting while a heal loads a replacement gets the live actors
-        # now rather than waiting for the load (copying a list is atomic under the GIL).
-        return list(self._actors)
+            self._set.add(Member(orphan.index, orphan.actor, orphan.uri))
+        self._adopted = len(self._set)
 
     def heal(self) -> list:
         """Replace actors that died, and scale a pool that work finds scaled down back
@@ -232,57 +198,57 @@ class PoolManager:
             if self._stopping:
                 return []
             started = time.perf_counter()
-            pings = [(actor, actor.ping.remote()) for actor in self._actors]
-            live = []
-            for actor, ping in pings:
+            members = self._set.members()
+            pings = [(member, member.actor.ping.remote()) for member in members]
+            lost = []
+            for member, ping in pings:
                 try:
                     ray.get(ping, timeout=PING_TIMEOUT_S)
-                    live.append(actor)
                 except Exception as exc:
                     self._replaced += 1
+                    lost.append(member)
                     log.warning("pool %s: actor %d is lost, replacing it: %s", self.key.name,
-                                self._index_of(actor), _cause(exc))
+                                member.index, _cause(exc))
                     # a hung actor would keep its name, its resources, and serve nobody
                     with contextlib.suppress(Exception):
-                        ray.kill(actor, no_restart=True)
-            lost = len(self._actors) - len(live)
-            wanted = max(len(self._actors), self._busy_size())
-            if len(live) < wanted:
-                self._actors = live
+                        ray.kill(member.actor, no_restart=True)
+            wanted = max(len(members), self._busy_size())
+            self._set.remove(member.index for member in lost)
+            if len(self._set) < wanted:
                 self._scale_locked(wanted)
                 seconds = time.perf_counter() - started
                 if lost:
                     self._last_heal_s = round(seconds, 3)
                     log.warning("pool %s healed: %d actor(s) replaced in %.1f s",
-                                self.key.name, lost, seconds)
-                if wanted > len(live) + lost:
+                                self.key.name, len(lost), seconds)
+                if wanted > len(members):
                     log.info("pool %s scaled up from %d to %d actor(s) in %.1f s: asked for "
-                             "actors while scaled down", self.key.name, len(live) + lost,
+                             "actors while scaled down", self.key.name, len(members),
                              wanted, seconds)
-            return list(self._actors)
+            return self._set.handles()
 
     def scale(self, num_actors: int) -> list:
         """Scale to `num_actors` now. 0 frees every actor until work arrives, when the
         pool scales back up to its num_actors; a larger size becomes its num_actors."""
         check_actor_count(num_actors, self.placement)
         with self._lock:
-            before = len(self._actors)
+            before = len(self._set)
             self._scale_locked(num_actors)
             if num_actors:
                 self.placement = replace(self.placement, num_actors=num_actors)
             log.info("pool %s scaled from %d to %d actor(s) on request%s", self.key.name,
-                     before, len(self._actors), "" if num_actors else
+                     before, len(self._set), "" if num_actors else
                      f"; it scales back to {self._busy_size()} when a job arrives")
-            return list(self._actors)
+            return self._set.handles()
 
     def _busy_size(self) -> int:
         """How many actors work gets: num_actors, within [min_actors, max_actors]."""
-        return self.placement.bounded(self.placement.num_actors or max(1, len(self._actors)))
+        return self.placement.bounded(self.placement.num_actors or max(1, len(self._set)))
 
     def _grow_for_work(self) -> None:
         """Scale up to the busy size in the background, unless already there or under way."""
         if (self._growing or self._stopping or not self.is_started()
-                or len(self._actors) >= self._busy_size()):
+                or len(self._set) >= self._busy_size()):
             return
         self._growing = True
         threading.Thread(target=self._grow, daemon=True, name="pool-grow").start()
@@ -290,7 +256,7 @@ class PoolManager:
     def _grow(self) -> None:
         try:
             with self._lock:
-                before, wanted = len(self._actors), self._busy_size()
+                before, wanted = len(self._set), self._busy_size()
                 if self._stopping or before >= wanted:
                     return
                 started = time.perf_counter()
@@ -302,174 +268,348 @@ class PoolManager:
         finally:
             self._growing = False
 
-    def _scale_locked(self, num_actors: int) -> None:
-        import ray
-
-        if self._weights_ref is None:
+    # -- the mechanism: placing and removing actors -----------------------------------
+    def _scale_locked(self, num_actors: int, dead: set = frozenset()) -> None:
+        if not self._weights.present:
             raise PoolError("the pool has no weights yet: start it with Pool.get_or_create")
         check_actor_count(num_actors)
-        if len(self._actors) > num_actors:
-            self._kill_and_wait(self._actors[num_actors:])
-            del self._actors[num_actors:]
-        # names held by any actor of this pool (ours, or one still dying) are never reused
-        used = {self._index_of(a) for a in self._actors} | set(taken_indices(self.key.name))
-        index = 0
-        new = []
-        if len(self._actors) < num_actors:
-            self._await_weights()
-        while len(self._actors) + len(new) < num_actors:
-            while index in used:
-                index += 1
-            used.add(index)
-            try:
-                new.append(self._spawn(index))
-            except ray.exceptions.ActorAlreadyExistsError:  # taken since the listing
-                continue
-        if new:  # wait until they have loaded: a job should not race the model load
-            timeout = self.placement.place_timeout_s
-            settings = self.actor_settings
-            try:
-                uris = ray.get([actor.serve.remote(self._token, settings.tls_cert,
-                                                   settings.tls_key) for actor in new],
-                               timeout=timeout)
-            except ray.exceptions.GetTimeoutError:
-                for actor in new:
-                    ray.kill(actor, no_restart=True)
-                raise PoolError(unplaced_message(
-                    len(new), timeout, self._resources_per_actor(), ray.cluster_resources(),
-                    ray.available_resources())) from None
-            except ray.exceptions.RayActorError as exc:  # its constructor raised
-                for actor in new:
-                    ray.kill(actor, no_restart=True)
-                raise from_spark(exc) or PoolError(
-                    f"a new actor of pool {self.key.name} failed to start: {exc}") from None
-            for actor, uri in zip(new, uris):
-                self._endpoints[actor._actor_id.hex()] = uri
-            self._actors.extend(new)
+        if len(self._set) > num_actors:
+            self._kill_and_wait(self._to_remove(len(self._set) - num_actors, dead))
+        if len(self._set) < num_actors:
+            self._weights.wait(self.placement.build_timeout_s)
+            self._place(num_actors - len(self._set))
+        self._load.changed()
         self._last_change = time.time()
 
-    def _kill_and_wait(self, actors: list, timeout_s: float = 30.0) -> None:
-        """Kill actors and wait until their names are free: ray.kill is asynchronous, and
-        a scale-up soon after reuses the names (actor-0, actor-1...)."""
+    def _to_remove(self, count: int, dead: set) -> list[Member]:
+        """Which `count` actors go: dead ones first, then the newest."""
+        members = sorted(self._set.members(),
+                         key=lambda m: (m.index not in dead, -m.index))
+        return self._set.remove(member.index for member in members[:count])
+
+    def _place(self, count: int) -> None:
+        """Start `count` actors and wait until they serve. Idle pools are asked to give
+        way first (pool/pressure.py); what still cannot be placed waits for the cluster
+        up to place_timeout_s, naming the pools that hold its resources."""
         import ray
 
-        names = [f"{self.key.name}-actor-{self._index_of(actor)}" for actor in actors]
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-            self._endpoints.pop(actor._actor_id.hex(), None)
-            self._indices.pop(actor._actor_id.hex(), None)
-        deadline = time.time() + timeout_s
-        for name in names:
-            while time.time() < deadline:
-                try:
-                    ray.get_actor(name, namespace=NAMESPACE)
-                except ValueError:
-                    break
-                time.sleep(0.1)
+        per_actor = self._resources_per_actor()
+        freed, usages = free_for(self.key.name, per_actor, count)
+        # Actors that do not fit now wait for resources; the others hold theirs at once
+        # (while loading their model, they are not waiting for anyone to give way). Idle
+        # pools only give way when that covers all that was lacking.
+        unplaced = 0 if freed else max(0, count - placeable(ray_resources(per_actor),
+                                                            ray.available_resources()))
+        new = [self._spawn(index, node_id, threads) for index, (node_id, threads)
+               in zip(self._free_indices(count), self._node_plan(count, per_actor))]
+        settings = self.actor_settings
+        pending = {member.actor.serve.remote(self._token, settings.tls_cert,
+                                             settings.tls_key): member for member in new}
+        timeout = self.placement.place_timeout_s
+        deadline = time.monotonic() + timeout
+        next_report = time.monotonic() + 30.0
+        try:
+            while pending and (remaining := deadline - time.monotonic()) > 0:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending),
+                                    timeout=min(PLACE_POLL_S, remaining))
+                for ref in ready:
+                    pending.pop(ref).uri = ray.get(ref)
+                if pending and unplaced:
+                    freed, seen = free_for(self.key.name, per_actor, min(unplaced, len(pending)))
+                    usages = seen or usages
+                    if freed:  # idle pools only give way when that covers all we lack
+                        unplaced = 0
+                    if time.monotonic() >= next_report:
+                        next_report += 30.0
+                        log.warning("pool %s: %d actor(s) wait for resources (%s each); "
+                                    "other pools: %s", self.key.name, len(pending),
+                                    per_actor, holders_text(usages or
+                                                            other_pools(self.key.name)))
+        except ray.exceptions.RayActorError as exc:  # its constructor raised
+            self._kill(new)
+            raise from_spark(exc) or PoolError(
+                f"a new actor of pool {self.key.name} failed to start: {exc}") from None
+        if pending:
+            self._kill(new)
+            raise PoolError(unplaced_message(
+                len(pending), timeout, per_actor, ray.cluster_resources(),
+                ray.available_resources(), holders_text(other_pools(self.key.name))))
+        for member in new:
+            self._set.add(member)
 
-    def _index_of(self, actor) -> int:
-        return self._indices.get(actor._actor_id.hex(), -1)
+    def _free_indices(self, count: int) -> list[int]:
+        """Indices for new actors: never a name held by any actor of this pool (ours, an
+        orphan, or one still dying)."""
+        used = self._set.indices() | set(taken_indices(self.key.name))
+        free, index = [], 0
+        while len(free) < count:
+            if index not in used:
+                free.append(index)
+            index += 1
+        return free
 
-    def _spawn(self, index: int):
+    def _node_plan(self, count: int, per_actor: dict) -> list[tuple[str | None, int | None]]:
+        """(node, torch threads) per new actor: CPU pools sized by default go one per
+        node with its cores (placement.plan_on_nodes); others where Ray spreads them."""
+        if not self._on_node_cores(per_actor):
+            return [(None, None)] * count
+        return plan_on_nodes(count, cpu_nodes(), self._set.per_node(), per_actor["num_cpus"])
+
+    def _on_node_cores(self, per_actor: dict) -> bool:
+        return runs_on_node_cores(self.actor_settings.torch_threads,
+                                  self.placement.num_cpus_per_actor, per_actor["num_gpus"])
+
+    def _spawn(self, index: int, node_id: str | None, node_threads: int | None) -> Member:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        actor_class = self.spec.actor_class()
-        remote_cls = ray.remote(actor_class).options(
+        strategy = (NodeAffinitySchedulingStrategy(node_id, soft=True) if node_id
+                    else "SPREAD")
+        remote_cls = ray.remote(self.spec.actor_class()).options(
             name=actor_name(self.key.name, index),
             namespace=NAMESPACE,
             lifetime="detached",
             **self._resources_per_actor(),
             max_concurrency=64,
             max_restarts=0,
-            scheduling_strategy="SPREAD",
+            scheduling_strategy=strategy,
             runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
         )
-        actor = remote_cls.remote(self.spec, self._weights_ref, self.actor_settings,
-                                  self.key.name, index)
-        self._indices[actor._actor_id.hex()] = index
-        return actor
+        extra = {"node_threads": node_threads} if node_threads else {}
+        actor = remote_cls.remote(self.spec, self._weights.ref, self.actor_settings,
+                                  self.key.name, index, **extra)
+        return Member(index, actor, node_id=node_id)
 
     def _resources_per_actor(self) -> dict:
         num_gpus = gpus_per_actor(self.actor_settings.device,
                                   self.placement.num_gpus_per_actor, cluster_gpus())
-        return {"num_cpus": self.placement.num_cpus_per_actor, "num_gpus": num_gpus}
+        return {"num_cpus": cpus_per_actor(self.placement.num_cpus_per_actor),
+                "num_gpus": num_gpus}
+
+    @staticmethod
+    def _kill(members: list[Member]) -> None:
+        import ray
+
+        for member in members:
+            with contextlib.suppress(Exception):
+                ray.kill(member.actor, no_restart=True)
+
+    def _kill_and_wait(self, members: list[Member], timeout_s: float = 30.0) -> None:
+        """Kill actors and wait until their names are free: ray.kill is asynchronous, and
+        a scale-up soon after reuses the names (actor-0, actor-1...)."""
+        import ray
+
+        self._kill(members)
+        deadline = time.time() + timeout_s
+        for member in members:
+            while time.time() < deadline:
+                try:
+                    ray.get_actor(actor_name(self.key.name, member.index), namespace=NAMESPACE)
+                except ValueError:
+                    break
+                time.sleep(0.1)
 
     def stop(self) -> int:
         """Kill every actor, then this manager. Returns how many actors were killed."""
-        import ray
-
         with self._lock:
             self._stopping = True
-            count = len(self._actors)
-            for actor in self._actors:
-                ray.kill(actor, no_restart=True)
-            self._actors = []
-            self._weights_ref = None
+            self._wake.set()
+            members = self._set.remove(self._set.indices())
+            self._kill(members)
+            self._weights.drop()
         threading.Thread(target=self._service.shutdown, daemon=True).start()
-        return count
+        return len(members)
 
-    def _idle_reaper(self) -> None:
-        """Scale the pool down to min_actors after idle_timeout_s without work and
-        without leases, whatever its actors' state; the manager stays (see the module)."""
-        period = min(30.0, max(1.0, self.placement.idle_timeout_s / 4))
+    # -- the control loop: load, growth, shrinking, idleness --------------------------
+    def _control_loop(self) -> None:
         while not self._stopping:
-            time.sleep(period)
+            busy = self._leases.active() > 0 or len(self._set) > self._busy_size()
+            self._wake.wait(LOAD_PERIOD_S if busy else self._idle.check_period_s())
+            self._wake.clear()
+            if self._stopping or not self.is_started():
+                continue
             try:
-                self._reap_if_idle(timeout=max(5.0, period))
-            except Exception:  # never let one bad round end the reaper
-                log.exception("pool %s: the idle check failed; trying again in %.0f s",
-                              self.key.name, period)
+                if self._leases.active() or len(self._set) > self._busy_size():
+                    self._follow_load()
+                else:
+                    self._reap_if_idle(timeout=5.0)
+            except Exception:  # never let one bad round end the loop
+                log.exception("pool %s: the control loop's check failed; trying again",
+                              self.key.name)
+
+    def _sample(self, timeout: float) -> _Sample:
+        """Every actor's status. A dead actor counts as idle (the next job heals it);
+        one that does not answer in `timeout` may be busy."""
+        import ray
+
+        sample = _Sample()
+        refs = {}
+        for member in self._set.members():
+            try:
+                refs[member.actor.status.remote()] = member.index
+            except Exception as exc:  # a dead actor's handle may refuse the call itself
+                self._note_dead(sample, member.index, exc)
+        ready, waiting = (ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+                          if refs else ([], []))
+        sample.silent = {refs[ref] for ref in waiting}
+        for ref in ready:
+            try:
+                sample.statuses[refs[ref]] = ray.get(ref)
+            except Exception as exc:
+                self._note_dead(sample, refs[ref], exc)
+        if sample.statuses:
+            self._last_used = max([self._last_used] + [s.get("last_used", 0.0)
+                                                       for s in sample.statuses.values()])
+        return sample
+
+    def _note_dead(self, sample: _Sample, index: int, exc: Exception) -> None:
+        sample.dead.add(index)
+        if index not in self._said_idle:
+            self._said_idle.add(index)
+            log.warning("pool %s: actor %d counts as idle: %s", self.key.name, index,
+                        _cause(exc))
+
+    def _utilization(self, sample: _Sample) -> float:
+        """Mean busy fraction of the actors since their previous sample."""
+        now = time.monotonic()
+        fractions = []
+        for index, status in sample.statuses.items():
+            busy_s = status.get("busy_s", 0.0)
+            seen = self._busy_seen.get(index)
+            if seen is not None and now > seen[0]:
+                fractions.append(min(1.0, max(0.0, (busy_s - seen[1]) / (now - seen[0]))))
+            self._busy_seen[index] = (now, busy_s)
+        return sum(fractions) / len(fractions) if fractions else 0.0
+
+    def _follow_load(self) -> None:
+        """Grow a pool whose actors stay busy, shrink one grown past its busy size that
+        is no longer (pool/scaling.py decides)."""
+        sample = self._sample(timeout=PING_TIMEOUT_S)
+        self._load.floor, self._load.ceiling = self._busy_size(), self._ceiling()
+        size = len(self._set)
+        target = self._load.decide(LoadSample(size, self._utilization(sample),
+                                              self._leases.active()))
+        if target == size or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if target > size and len(self._set) == size:
+                self._grow_by_one(target)
+            elif target < size and len(self._set) == size:
+                self._retire(self._to_remove(size - target, sample.dead))
+                log.info("pool %s scaled down from %d to %d actor(s): its load fell",
+                         self.key.name, size, target)
+        finally:
+            self._lock.release()
+
+    def _grow_by_one(self, target: int) -> None:
+        """Add an actor when the cluster has room for it now (idle pools giving way
+        included); growth never waits for resources."""
+        import ray
+
+        per_actor = self._resources_per_actor()
+        free_for(self.key.name, per_actor, 1)
+        wanted = ray_resources(per_actor)
+        available = ray.available_resources()
+        if any(amount > available.get(name, 0.0) + 1e-9 for name, amount in wanted.items()
+               if amount):
+            log.debug("pool %s is busy but the cluster has no room for another actor",
+                      self.key.name)
+            return
+        started = time.perf_counter()
+        self._scale_locked(target)
+        log.info("pool %s grew from %d to %d actor(s) in %.1f s: its actors stayed busy",
+                 self.key.name, target - 1, len(self._set), time.perf_counter() - started)
+
+    def _retire(self, members: list[Member]) -> None:
+        """Stop listing these actors now, kill them once clients had time to learn it."""
+        def drain_then_kill():
+            time.sleep(DRAIN_S)
+            self._kill_and_wait(members)
+
+        self._load.changed()
+        self._last_change = time.time()
+        threading.Thread(target=drain_then_kill, daemon=True, name="pool-retire").start()
+
+    def _ceiling(self) -> int:
+        """The most actors load may grow the pool to: max_actors; else the num_actors a
+        user gave; else what the cluster holds: one per GPU, one per node for a CPU pool
+        on its nodes' cores, or as many as its CPUs fit."""
+        busy = self._busy_size()
+        if self.placement.max_actors is not None:
+            return self.placement.max_actors
+        if self._sized_by_user:
+            return busy
+        per_actor = self._resources_per_actor()
+        if per_actor["num_gpus"]:
+            return max(busy, int(cluster_gpus() // per_actor["num_gpus"]))
+        if self._on_node_cores(per_actor):
+            return max(busy, len(cpu_nodes()))
+        return max(busy, int(_cluster_cpus() // max(per_actor["num_cpus"], 1e-9)))
 
     def _reap_if_idle(self, timeout: float = 30.0) -> bool:
         """Scale down to min_actors when the pool has been idle past its timeout with no
-        lease held; True if it scaled down.
-
-        A dead actor does no work: it counts as idle (the next job heals it), and goes
-        first. An actor that does not answer in `timeout` may be busy: not idle then.
-        """
-        import ray
-
-        floor = self.placement.min_actors
-        if len(self.actors()) <= floor or self._leases.active():
+        lease held; True if it scaled down. Dead actors go first; an actor that does not
+        answer in `timeout` may be busy: not idle then."""
+        if len(self._set) <= self.placement.min_actors or self._leases.active():
             return False
-        refs = {}
-        dead = set()
-        for actor in self.actors():
-            try:
-                refs[actor.status.remote()] = actor
-            except Exception as exc:  # a dead actor's handle may refuse the call itself
-                dead.add(actor._actor_id.hex())
-                log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
-                            self._index_of(actor), _cause(exc))
-        ready, waiting = (ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-                          if refs else ([], []))
-        if waiting:
+        sample = self._sample(timeout)
+        if sample.silent:
             log.info("pool %s: %d actor(s) did not report within %.0f s: not idle",
-                     self.key.name, len(waiting), timeout)
+                     self.key.name, len(sample.silent), timeout)
             return False
-        last_used = 0.0
-        for ref in ready:
-            try:
-                last_used = max(last_used, ray.get(ref)["last_used"])
-            except Exception as exc:
-                dead.add(refs[ref]._actor_id.hex())
-                log.warning("pool %s: actor %d counts as idle: %s", self.key.name,
-                            self._index_of(refs[ref]), _cause(exc))
         # A start, scale or heal in progress holds the lock: that is not idleness.
         if not self.is_started() or not self._lock.acquire(blocking=False):
             return False
         try:
-            idle = time.time() - max(last_used, self._last_change, self._leases.last_end)
-            if (idle <= self.placement.idle_timeout_s or self._leases.active()
-                    or self._stopping):
+            idle = idle_for(time.time(), self._last_used, self._last_change,
+                            self._leases.last_end)
+            if self._stopping or not self._idle.should_scale_down(
+                    actors=len(self._set), leases=self._leases.active(), idle_s=idle):
                 return False
-            before = len(self._actors)
-            self._actors.sort(key=lambda actor: actor._actor_id.hex() in dead)  # dead last
-            self._scale_locked(floor)
+            before = len(self._set)
+            self._scale_locked(self.placement.min_actors, dead=sample.dead)
             log.info("pool %s idle for %.0f s with no lease (idle_timeout_s=%s): scaled "
                      "down from %d to %d actor(s); it scales back up when a job arrives",
-                     self.key.name, idle, self.placement.idle_timeout_s, before, floor)
+                     self.key.name, idle, self.placement.idle_timeout_s, before,
+                     len(self._set))
             return True
+        finally:
+            self._lock.release()
+
+    # -- giving way to other pools (pool/pressure.py) ---------------------------------
+    def usage(self) -> PoolUsage:
+        """What this pool holds, and whether it is idle, for a pool that needs room."""
+        sample = self._sample(timeout=3.0)
+        held = sum(status.get("held_batches", 0) for status in sample.statuses.values())
+        return PoolUsage(
+            name=self.key.name, model=self.key.model_identity, actors=len(self._set),
+            min_actors=self.placement.min_actors,
+            per_actor=ray_resources(self._resources_per_actor()),
+            leases=self._leases.active(), held_batches=held + len(sample.silent),
+            last_active=max(self._last_used, self._leases.last_end, self.created_at))
+
+    def yield_actors(self, count: int, requester: str) -> int:
+        """Give back up to `count` actors (down to min_actors) when idle: no lease, no
+        batch in flight, no start or scale under way. Returns how many were given."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            if self._stopping or self._leases.active():
+                return 0
+            sample = self._sample(timeout=3.0)
+            if sample.silent or any(status.get("held_batches", 0)
+                                    for status in sample.statuses.values()):
+                return 0
+            before = len(self._set)
+            target = max(self.placement.min_actors, before - count)
+            if target >= before:
+                return 0
+            self._kill_and_wait(self._to_remove(before - target, sample.dead))
+            self._load.changed()
+            log.info("pool %s (idle) scaled down from %d to %d actor(s) to make room for "
+                     "pool %s; it scales back up when a job arrives", self.key.name, before,
+                     target, requester)
+            return before - target
         finally:
             self._lock.release()
 
@@ -478,13 +618,9 @@ class PoolManager:
         return {"name": self.key.name, "key": self.key, "spec": self.spec,
                 "actor_settings": self.actor_settings, "placement": self.placement,
                 "created_at": self.created_at, "pid": os.getpid(),
-                "weights_bytes": self._weights_bytes, "replaced_actors": self._replaced,
+                "weights_bytes": self._weights.nbytes, "replaced_actors": self._replaced,
                 "adopted_actors": self._adopted, "last_heal_s": self._last_heal_s,
                 "leases": self._leases.active()}
-
-
-def _build_payload(spec):
-    return spec.build_payload()
 
 
 def _cause(exc: BaseException) -> str:
@@ -493,15 +629,13 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def unwrapped(exc: Exception) -> Exception:
-    """The engine's own error inside a Ray task/actor error, so its message stays short."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, HybridInferError) else exc
-
-
 def cluster_gpus() -> float:
     import ray
 
     return ray.cluster_resources().get("GPU", 0)
 
 
+def _cluster_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0)

@@ -21,15 +21,14 @@ import uuid
 from dataclasses import asdict, replace
 
 from hybrid_infer.errors import PoolError
-from hybrid_infer.pool.manager import PoolManager, cluster_gpus, unwrapped
-from hybrid_infer.pool.orphans import ACTOR_INFIX
+from hybrid_infer.pool.manager import PLAN_LEASE_PREFIX, PoolManager, cluster_gpus
+from hybrid_infer.pool.weights_copy import unwrapped
+from hybrid_infer.pool.names import pool_names
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE
 from hybrid_infer.transport.protocol import PoolAddress
 
 log = logging.getLogger(__name__)
-
-POOL_PREFIX = "pool-"
 
 
 def start_arguments(spec) -> tuple:
@@ -107,12 +106,7 @@ class Pool:
 
     @staticmethod
     def names() -> list[str]:
-        from ray.util import list_named_actors
-
-        return sorted(entry["name"] for entry in list_named_actors(all_namespaces=True)
-                      if entry["namespace"] == NAMESPACE
-                      and entry["name"].startswith(POOL_PREFIX)
-                      and ACTOR_INFIX not in entry["name"])
+        return pool_names()
 
     # -- using ----------------------------------------------------------------------------
     def actors(self) -> list:
@@ -134,7 +128,7 @@ class Pool:
     def lease(self, ttl_s: float) -> None:
         """Hold the pool at its size for `ttl_s` (infer() does, for its plan's tasks)."""
         if ttl_s > 0:
-            self._call("hold_lease", f"plan-{uuid.uuid4().hex}", ttl_s)
+            self._call("hold_lease", f"{PLAN_LEASE_PREFIX}{uuid.uuid4().hex}", ttl_s)
 
     def describe(self) -> dict:
         return self._call("describe")

@@ -71,8 +71,11 @@ class ActorSettings:
     (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
     predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each
     actor its own copy of the (folded) weights instead of the shared object-store copy.
-    torch_threads: torch threads per actor (None: the CPUs Ray assigned the actor,
-    num_cpus_per_actor rounded up, at least 1; outside Ray the machine's cores).
+    torch_threads: torch threads per actor. None: a CPU actor runs on the cores of the
+    node it was placed on (shared with this pool's other actors there) unless
+    num_cpus_per_actor is given, then that many (rounded up); a GPU actor takes the
+    CPUs Ray assigned it; outside Ray, the machine's cores. See PlacementSettings for
+    the whole rule.
     streams: model threads per actor, each computing batch_size / streams rows on
     torch_threads / streams intra-op threads. None: on CPU one single-threaded stream
     per torch thread (faster than one batch over several threads: no synchronisation
@@ -151,13 +154,28 @@ class ActorSettings:
 class PlacementSettings:
     """How the pool is sized and placed, and how long its manager waits.
 
+    The default rule, when none of num_actors, num_cpus_per_actor and torch_threads
+    is given (each given one wins):
+    - a CPU pool starts one actor, which holds one Ray CPU (a slot: other pools and Ray
+      Data tasks still fit beside it) and runs its model on all the cores of the node
+      it was placed on, as a per-task UDF's torch would; under load it grows to one
+      actor per node, each on its node's cores;
+    - a GPU pool runs one actor per GPU, and grows as GPUs are added;
+    - busy pools grow (pool/scaling.py), and idle pools give their actors back to a
+      pool that cannot be placed (pool/pressure.py), least recently used first.
+
     num_actors: the size the pool scales up to when work arrives (at start, and when a
     job finds it scaled down); None means one per GPU in the cluster, or one when there
-    is none, within [min_actors, max_actors].
+    is none, within [min_actors, max_actors]. A pool given num_actors keeps that size
+    under load unless max_actors is larger.
     min_actors: what an idle pool keeps (0: an idle pool frees every actor and keeps
     only its manager and the weights' object-store copy; the next job scales it up).
-    max_actors: the most actors the pool may have (None: no bound).
-    num_cpus_per_actor, num_gpus_per_actor: Ray resources per actor; num_gpus may be
+    It also bounds what the pool gives back to other pools.
+    max_actors: the most actors the pool may grow to under load (None: num_actors when
+    given, else what the cluster holds: one per GPU, or one per node on CPU).
+    num_cpus_per_actor: Ray CPUs per actor, and then also its torch threads (None: one
+    Ray CPU, and the node's cores for the model: see the rule above).
+    num_gpus_per_actor: Ray GPUs per actor; may be
     fractional (0.5: two actors share a GPU); None: one GPU per actor for
     device="cuda", even before the cluster has a GPU node (an autoscaler adds one for
     actors waiting for it); for device="auto", one when the cluster has GPUs when the
@@ -175,7 +193,7 @@ class PlacementSettings:
     num_actors: int | None = None
     min_actors: int = 0
     max_actors: int | None = None
-    num_cpus_per_actor: float = 1.0
+    num_cpus_per_actor: float | None = None
     num_gpus_per_actor: float | None = None
     idle_timeout_s: float = 3600.0
     build_timeout_s: float = 600.0
@@ -183,8 +201,8 @@ class PlacementSettings:
 
     def __post_init__(self):
         _at_least(self, 1, "num_actors", "max_actors", optional=True)
-        _at_least(self, 0, "min_actors", "num_cpus_per_actor", "idle_timeout_s")
-        _at_least(self, 0, "num_gpus_per_actor", optional=True)
+        _at_least(self, 0, "min_actors", "idle_timeout_s")
+        _at_least(self, 0, "num_cpus_per_actor", "num_gpus_per_actor", optional=True)
         _positive(self, "build_timeout_s", "place_timeout_s")
         if self.max_actors is not None and self.min_actors > self.max_actors:
             raise ConfigurationError(

@@ -16,7 +16,9 @@ from the pool.
   actor left the client waits for that list.
 - An address that does not answer fails within `connect_timeout_s`, naming it.
 - While it maps, the client holds a lease on the pool (transport/lease.py), so the
-  manager does not scale the pool down under a running job. A pool found with no live
+  manager does not scale the pool down under a running job. Each lease renewal
+  brings the pool's actor list: actors it grew get batches from then on, and retired
+  ones none. A pool found with no live
   actors (scaled to zero while idle, or before this plan ran) is scaled back up by the
   manager when the client asks it for endpoints.
 - A dead manager fails nothing while live actors remain (the client talks to them
@@ -197,7 +199,9 @@ class PoolClient:
         self._dead: set[str] = set()
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="pool-refresh")
         self._refreshing: Future | None = None
-        self._lease = LeaseKeeper(self._lease_action, address.pool_name)
+        self._lease = LeaseKeeper(self._lease_action, address.pool_name,
+                                  on_answer=self._lease_answered)
+        self._offered: list[str] | None = None  # the actors the last lease answer listed
         self.resent = 0
         self.refreshes = 0
 
@@ -345,7 +349,19 @@ class PoolClient:
         refreshing, self._refreshing = self._refreshing, None
         self._use(refreshing.result() if refreshing is not None else self._fetch_endpoints())
 
+    def _lease_answered(self, answer: dict) -> None:
+        """(The lease thread.) Remember the pool's actor list for the sending thread."""
+        if answer.get("actors"):
+            self._offered = list(answer["actors"])
+
     def _take_refreshed(self) -> None:
+        offered, self._offered = self._offered, None
+        if offered is not None and set(offered) != set(self._endpoints):
+            # the pool grew or retired actors: new batches go to this list; batches in
+            # flight on a retired actor are still collected (or resent if it is gone)
+            log.info("pool %s now lists %d actor(s) (was %d)", self._address.pool_name,
+                     len(offered), len(self._endpoints))
+            self._endpoints = offered
         if self._refreshing is None or not self._refreshing.done():
             return
         refreshing, self._refreshing = self._refreshing, None

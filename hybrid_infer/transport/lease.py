@@ -3,7 +3,8 @@
 The pool's manager scales an idle pool down, but never while a job holds a lease on
 it (pool/leases.py). `LeaseKeeper` takes the lease in the background as soon as a
 PoolClient starts mapping, renews it every third of its time to live, and releases it
-when the client closes. It is best effort: the data path never waits for it, and a
+when the client closes. Each answer lists the pool's live actors: that is how a running
+client learns of actors the pool grew, or retired, under its load. It is best effort: the data path never waits for it, and a
 manager that does not answer only costs the pool its protection (a pool scaled down
 meanwhile scales back up when the client asks for endpoints).
 """
@@ -34,8 +35,9 @@ class LeaseKeeper:
     action (see client.action)."""
 
     def __init__(self, send: Callable[[bytes], bytes], pool_name: str,
-                 ttl_s: float = LEASE_TTL_S):
+                 ttl_s: float = LEASE_TTL_S, on_answer: Callable[[dict], None] | None = None):
         self._send = send
+        self._on_answer = on_answer  # the manager's answer to a take or renewal
         self._pool_name = pool_name
         self._ttl_s = ttl_s
         self.lease_id = f"task-{uuid.uuid4().hex}"
@@ -60,7 +62,9 @@ class LeaseKeeper:
 
     def _call(self, ttl_s: float | None) -> None:
         try:
-            self._send(lease_request(self.lease_id, ttl_s))
+            answer = self._send(lease_request(self.lease_id, ttl_s))
+            if ttl_s and answer and self._on_answer is not None:
+                self._on_answer(json.loads(answer))
         except Exception as exc:  # noqa: BLE001 - best effort, see the module's docstring
             log.info("pool %s: could not %s this task's lease: %s", self._pool_name,
                      "renew" if ttl_s else "release", str(exc).splitlines()[0][:200]

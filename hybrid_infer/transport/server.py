@@ -27,6 +27,7 @@ from typing import Callable
 
 import pyarrow.flight as flight
 
+from hybrid_infer.transport.busy import BusyTime
 from hybrid_infer.transport.protocol import (AUTH_HEADER, app_error_info, bearer,
                                              decode_header, loads_options)
 
@@ -82,9 +83,7 @@ class FlightService(flight.FlightServerBase):
         self._handler = handler
         self._actions = {"ping": lambda body: b"ok", **(actions or {})}
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="flight-infer")
-        self._held_lock = threading.Lock()
-        self.held = 0  # request batches received and not answered yet, all streams
-        self.held_peak = 0
+        self.busy = BusyTime()  # request batches held now, and for how long in all
 
     def accept_token(self, token: str) -> None:
         """Also accept `token` from now on; tokens accepted before stay valid."""
@@ -117,14 +116,20 @@ class FlightService(flight.FlightServerBase):
             writing.join()
 
     def _held(self, serve, batch):
-        with self._held_lock:
-            self.held += 1
-            self.held_peak = max(self.held_peak, self.held)
+        self.busy.enter()
         try:
             return serve(batch)
         finally:
-            with self._held_lock:
-                self.held -= 1
+            self.busy.leave()
+
+    @property
+    def held(self) -> int:
+        """Request batches received and not answered yet, all streams."""
+        return self.busy.held
+
+    @property
+    def held_peak(self) -> int:
+        return self.busy.held_peak
 
     @staticmethod
     def _answer(answers: queue.Queue, writer) -> None:
