@@ -193,3 +193,19 @@ def test_benchmarks_run_py_stays_an_entry_point():
                           capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0, done.stderr
     assert "--contenders" in done.stdout and "benchmarks/results" in done.stdout
+
+
+def test_every_contender_runs_on_its_defaults_unless_one_tuning_is_given_to_all():
+    assert parse_args([]).threads is None and parse_args([]).actors is None
+    untuned = report.tuning_line({"threads": None, "actors": None})
+    assert untuned.startswith("Tuning: none") and "own defaults" in untuned
+    tuned = report.tuning_line({"threads": 2, "actors": None})
+    assert "every contender alike: threads=2" in tuned
+    config = {"images": 64, "small_rows": 8, "partitions": 2}
+    job = {"label": "main", "rows": 64, "partitions": 2}
+    results = {name: {"jobs": [{**job, "runs": [{"wall_s": wall, "first_result_s": 1,
+                                                 "model_loads": 1}]}]}
+               for name, wall in (("predict_batch_udf", 4.0), ("hybrid_optimized", 2.0))}
+    rows = {row["mode"]: row for row in report.mode_rows(results, config)}
+    assert rows["hybrid_optimized"]["ratio_to_predict_batch_udf"] == 2.0
+    assert "x predict_batch_udf" in report.markdown_table(list(rows.values()), {}, config)

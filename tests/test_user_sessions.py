@@ -106,10 +106,10 @@ DOCUMENTED_CASES = """
     spark = SparkSession.builder.master("local[2]").getOrCreate()   # the user's, first
     from pyspark.sql.functions import array
     import test_predict_batch_udf as cases
-    from hybrid_infer import PoolSettings
 
-    # every case's pool fits beside the others on the embedded Ray's 2 CPUs
-    cases.POOL = PoolSettings(num_actors=1, num_cpus_per_actor=0.1)
+    # no settings at all, as a user of PySpark's own predict_batch_udf writes it: each
+    # case's pool takes a slot of the embedded Ray's 2 CPUs, and idle ones give way
+    cases.POOL = None
     started = time.perf_counter()
     scalar_df = cases.scalar_df.__wrapped__(spark, None)
     abcd_df = cases.abcd_df.__wrapped__(spark, None)
@@ -172,18 +172,17 @@ NO_RAY_EXECUTORS = """
 
     probe = spark.range(4).repartition(2).mapInPandas(try_ray, "seen string, env string").collect()
 
-    from hybrid_infer import PoolSettings, infer, predict_batch_udf, read_images
+    from hybrid_infer import infer, predict_batch_udf, read_images
 
-    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small", weights="random",
-                 pool=PoolSettings(num_actors=1, batch_size=8, torch_threads=1)).collect()
+    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small",
+                 weights="random").collect()
 
     def make_plus_one_fn():
         def predict(inputs):
             return inputs + 1.0
         return predict
 
-    plus_one = predict_batch_udf(make_plus_one_fn, return_type=FloatType(), batch_size=16,
-                                 pool=PoolSettings(num_actors=1, num_cpus_per_actor=0.25))
+    plus_one = predict_batch_udf(make_plus_one_fn, return_type=FloatType(), batch_size=16)
     added = spark.range(50).repartition(2).select(plus_one("id").alias("y")).collect()
     print("RESULT" + json.dumps({
         "probe": sorted({r["seen"] for r in probe}), "env": sorted({r["env"] for r in probe}),
@@ -220,18 +219,17 @@ SUBMITTED = """
     from pyspark.sql.types import FloatType
 
     spark = SparkSession.builder.appName("submitted").getOrCreate()   # spark-submit's
-    from hybrid_infer import PoolSettings, infer, predict_batch_udf, read_images
+    from hybrid_infer import infer, predict_batch_udf, read_images
 
-    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small", weights="random",
-                 pool=PoolSettings(num_actors=1, batch_size=8, torch_threads=1)).collect()
+    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small",
+                 weights="random").collect()
 
     def make_times_three_fn():
         def predict(inputs):
             return inputs * 3.0
         return predict
 
-    udf = predict_batch_udf(make_times_three_fn, return_type=FloatType(), batch_size=8,
-                            pool=PoolSettings(num_actors=1, num_cpus_per_actor=0.25))
+    udf = predict_batch_udf(make_times_three_fn, return_type=FloatType(), batch_size=8)
     tripled = spark.range(30).select(udf("id").alias("y")).collect()
     print("RESULT" + json.dumps({"master": spark.sparkContext.master, "rows": len(rows),
                                  "errors": [r["error"] for r in rows if r["error"]],

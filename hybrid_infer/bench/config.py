@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
@@ -26,11 +25,14 @@ CONTENDERS: dict[str, Contender] = {
     "ray_data": Contender("ray_data"),
     "hybrid": Contender("hybrid"),
     "hybrid_optimized": Contender("hybrid", optimized=True),
+    # hybrid's cold job in a session already holding two idle pools of other models
+    "hybrid_third_model": Contender("hybrid_third_model"),
     "raydp": Contender("raydp"),
 }
-DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "ceiling_end"]
+DEFAULT_CONTENDERS = [name for name in CONTENDERS
+                      if name not in ("ceiling_end", "hybrid_third_model")]
 #: Runners whose first main job starts a pool (reported "cold") and second reuses it.
-POOL_RUNNERS = ("hybrid", "raydp")
+POOL_RUNNERS = ("hybrid", "raydp", "hybrid_third_model")
 
 
 @dataclass
@@ -41,8 +43,10 @@ class BenchConfig:
     images: int = 512
     partitions: int = 4
     batch_size: int = 32
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    actors: int = 1
+    #: None: every contender on its own defaults (torch's in a Spark worker, the pool's
+    #: sizing rule); a number tunes hybrid and predict_batch_udf alike (see --threads)
+    threads: int | None = None
+    actors: int | None = None
     streams: int | None = None
     spark_slots: int = 2
     device: str = "cpu"
@@ -99,11 +103,14 @@ def build_parser(description: str | None = None, *, out_default: str = "bench_re
                         help="Spark partitions of the main job (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="torch threads for the model (per process for ceiling, pool "
-                             "and Ray Data; split across task slots for predict_batch_udf)")
+                        help="tune every contender alike: torch threads for the model, per "
+                             "process for the pool and Ray Data (split between actors), "
+                             "split across task slots for predict_batch_udf and udf "
+                             "(default: none, each contender on its own defaults; the "
+                             "ceiling then uses every core)")
     parser.add_argument("--actors", type=int, default=defaults.actors,
-                        help="hybrid pool actors; the --threads are split between them "
-                             "(they share one object-store copy of the weights)")
+                        help="hybrid pool and Ray Data actors (default: the pool's own "
+                             "sizing rule; Ray Data one)")
     parser.add_argument("--streams", type=int, default=None,
                         help="model threads per hybrid actor (default: the engine's, one "
                              "single-threaded stream per thread on CPU); the ceiling also "
@@ -161,7 +168,7 @@ class ContenderConfig:
     model: str
     seed: int
     batch_size: int
-    threads: int
+    threads: int | None  # None: the contender's own default
     device: str
     precision: str
     channels_last: bool
@@ -169,7 +176,7 @@ class ContenderConfig:
     spark_slots: int
     rows: int
     decode_threads: int
-    actors: int
+    actors: int | None
     streams: int | None
     ray_cpus: int
     object_store_bytes: int

@@ -96,7 +96,9 @@ def contender_config(name: str, args: BenchConfig, image_dir: str,
     return ContenderConfig(
         name=name, runner=runner, image_dir=image_dir, work_dir=work_dir,
         stamp_dir=os.path.join(work_dir, "stamps"), model=args.model, seed=0,
-        batch_size=args.batch_size, threads=args.threads, device=args.device,
+        batch_size=args.batch_size, device=args.device,
+        # the ceiling measures the machine: every core unless tuned
+        threads=(args.threads or os.cpu_count() or 1) if runner == "ceiling" else args.threads,
         precision=args.precision, channels_last=args.channels_last,
         optimize=args.optimize if (contender.optimized or runner == "ceiling") else "none",
         spark_slots=args.spark_slots, rows=args.images, decode_threads=2,
@@ -104,7 +106,7 @@ def contender_config(name: str, args: BenchConfig, image_dir: str,
         # Ray Data needs CPUs for RayDP's executor, its decode tasks and its actors; the
         # hybrid pool one per actor (what the embedded runtime gives it: one per core)
         ray_cpus=(max(4, args.spark_slots + 2) if runner in ("ray_data", "raydp")
-                  else max(os.cpu_count() or 1, args.actors)),
+                  else max(os.cpu_count() or 1, args.actors or 1)),
         object_store_bytes=1 << 30,
         jobs=[] if runner == "ceiling" else job_plan(args, runner))
 

@@ -102,10 +102,26 @@ def mode_rows(results: dict, config: dict) -> list[dict]:
             if "optimize_s" in result and suffix == "cold":
                 row["optimize_cost_s"] = result["optimize_s"]
             rows.append(row)
-    udf = next((r for r in rows if r["mode"] == "udf"), None)
-    for row in rows:
-        row["ratio_to_udf"] = round(row["images_per_s"] / udf["images_per_s"], 3) if udf else None
+    for baseline, key in (("udf", "ratio_to_udf"),
+                          ("predict_batch_udf", "ratio_to_predict_batch_udf")):
+        base = next((r for r in rows if r["mode"] == baseline), None)
+        for row in rows:
+            row[key] = round(row["images_per_s"] / base["images_per_s"], 3) if base else None
     return rows
+
+
+def tuning_line(config: dict) -> str:
+    """What the contenders were tuned with: each on its defaults, or one tuning for all."""
+    tuned = {name: config.get(name) for name in ("threads", "actors")
+             if config.get(name) is not None}
+    if not tuned:
+        return ("Tuning: none. Every contender runs on its own defaults (predict_batch_udf "
+                "and udf: torch's threads in each Spark worker; hybrid: the pool's sizing "
+                "rule, a CPU pool on its node's cores); the ceiling uses every core.")
+    return ("Tuning, given to every contender alike: "
+            + ", ".join(f"{name}={value}" for name, value in tuned.items())
+            + " (hybrid and Ray Data: threads split between actors; predict_batch_udf "
+              "and udf: threads split across Spark task slots).")
 
 
 def sweep_curves(results: dict, config: dict) -> dict:
@@ -129,10 +145,10 @@ def sweep_curves(results: dict, config: dict) -> dict:
 
 
 def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
-    header = ("| mode | images/s | x ceiling | x udf | first result s | small job s "
-              "| fixed overhead s (marginal) | fixed overhead s (vs ceiling) "
+    header = ("| mode | images/s | x ceiling | x udf | x predict_batch_udf | first result s "
+              "| small job s | fixed overhead s (marginal) | fixed overhead s (vs ceiling) "
               "| peak PSS MiB | peak RSS MiB | model loads | load avg |")
-    lines = [header, "|" + "---|" * 12]
+    lines = [tuning_line(config), "", header, "|" + "---|" * 13]
 
     def fmt(value, pattern="{:.2f}"):
         return "-" if value is None else pattern.format(value)
@@ -141,7 +157,8 @@ def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
         lines.append(
             f"| {row['mode']}{' (' + row['optimize'] + ')' if row['optimize'] != 'none' else ''} "
             f"| {fmt(row['images_per_s'], '{:.1f}')} | {fmt(row['ratio_to_ceiling'])} "
-            f"| {fmt(row['ratio_to_udf'])} | {fmt(row['first_result_s'])} "
+            f"| {fmt(row['ratio_to_udf'])} | {fmt(row.get('ratio_to_predict_batch_udf'))} "
+            f"| {fmt(row['first_result_s'])} "
             f"| {fmt(row.get('small_job_s'))} | {fmt(row.get('fixed_overhead_s'))} "
             f"| {fmt(row.get('small_job_overhead_vs_ceiling_s'))} "
             f"| {fmt(row.get('peak_pss_mib'), '{:.0f}')} | {fmt(row.get('peak_rss_mib'), '{:.0f}')} "
@@ -149,12 +166,12 @@ def markdown_table(rows: list[dict], ceiling: dict, config: dict) -> str:
             f"| {'-' if not row.get('load_average') else '%.0f-%.0f' % tuple(row['load_average'])} |")
     for variant, figures in ceiling.get("model", {}).items():
         lines.append(f"| ceiling: model only ({variant}) | {figures['images_per_s']:.1f} | 1.00 "
-                     f"| - | - | - | - | - | - | - | 1 | - |")
+                     f"| - | - | - | - | - | - | - | - | 1 | - |")
     for key, value in ceiling.items():
         if key.startswith("decode_images_per_s"):
             threads = key.rsplit("_", 2)[-2]
             lines.append(f"| decode only ({threads} thread{'s' if threads != '1' else ''}) "
-                         f"| {value:.1f} | - | - | - | - | - | - | - | - | - | - |")
+                         f"| {value:.1f} | - | - | - | - | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 

@@ -150,6 +150,9 @@ class Pool:
             "adopted_actors": info["adopted_actors"],  # from a manager that died
             "last_heal_s": info["last_heal_s"],
             "leases": info["leases"],
+            # the last size changes: [wall time, from, to, why] (busy, load fell, idle,
+            # gave way to <pool>, asked)
+            "resizes": info.get("resizes", []),
             "actors": actor_status,
             "rows": sum(s["rows"] for s in actor_status),
             "batches": sum(s["batches"] for s in actor_status),

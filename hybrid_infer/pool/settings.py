@@ -187,7 +187,12 @@ class PlacementSettings:
     build_timeout_s: starting fails when building the weights into the object store
     takes longer (a large checkpoint read from slow storage may need more).
     place_timeout_s: starting or scaling fails when new actors are not placed and
-    loaded within this time, e.g. when the cluster lacks the resources they ask for.
+    loaded within this time, e.g. when the cluster lacks the resources they ask for
+    (after idle pools gave way: the error names the pools that hold them).
+    grow_after_s: a pool below its ceiling grows by one actor once its actors stayed
+    busy this long while a job holds a lease (pool/scaling.py).
+    shrink_after_s: a pool grown past num_actors gives one actor back once its load
+    stayed low this long.
     """
 
     num_actors: int | None = None
@@ -198,12 +203,14 @@ class PlacementSettings:
     idle_timeout_s: float = 3600.0
     build_timeout_s: float = 600.0
     place_timeout_s: float = 300.0
+    grow_after_s: float = 6.0
+    shrink_after_s: float = 60.0
 
     def __post_init__(self):
         _at_least(self, 1, "num_actors", "max_actors", optional=True)
         _at_least(self, 0, "min_actors", "idle_timeout_s")
         _at_least(self, 0, "num_cpus_per_actor", "num_gpus_per_actor", optional=True)
-        _positive(self, "build_timeout_s", "place_timeout_s")
+        _positive(self, "build_timeout_s", "place_timeout_s", "grow_after_s", "shrink_after_s")
         if self.max_actors is not None and self.min_actors > self.max_actors:
             raise ConfigurationError(
                 f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors}): "

@@ -45,7 +45,8 @@ def make_runner(config: ContenderConfig, module, optimize: str | None = None, th
 
     from hybrid_infer.actor.runner import ModelRunner
 
-    torch.set_num_threads(threads or config.threads)
+    if threads or config.threads:  # else torch's own default, as a user's code gets
+        torch.set_num_threads(threads or config.threads)
     return ModelRunner(module, device=config.device, precision=config.precision,
                        channels_last=config.channels_last, optimize=optimize or "none",
                        example_shape=(config.batch_size, 3, 224, 224))

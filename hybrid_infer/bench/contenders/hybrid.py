@@ -27,14 +27,14 @@ def run_pool_jobs(config: ContenderConfig, spark, *, mode: str, ray_address: str
 
     spec = ModelSpec(config.model, seed=config.seed, weights="random")
     actors = config.actors
+    # Untuned: the pool's own sizing rule (a CPU pool on its node's cores). Tuned
+    # (--threads, --actors): the threads split between the actors, as for the others.
+    tuned = {"torch_threads": max(1, config.threads // (actors or 1))} if config.threads else {}
     settings = PoolSettings(num_actors=actors, batch_size=config.batch_size,
                             device=config.device, precision=config.precision,
                             channels_last=config.channels_last,
-                            optimize=config.optimize,
-                            torch_threads=max(1, config.threads // actors),
-                            streams=config.streams,
-                            decode_threads=max(1, config.decode_threads // actors),
-                            idle_timeout_s=0)
+                            optimize=config.optimize, streams=config.streams,
+                            idle_timeout_s=0, **tuned)
     state = {"pool": None, "used": False}
 
     def loads_now() -> int:  # called outside the timed part of a job
@@ -59,5 +59,6 @@ def run_pool_jobs(config: ContenderConfig, spark, *, mode: str, ray_address: str
         spark.stop()
     ray.shutdown()
     actor = status["actors"][0]
-    return {"jobs": log.jobs, "pool_load_s": actor["load_seconds"], "actors": actors,
+    return {"jobs": log.jobs, "pool_load_s": actor["load_seconds"],
+            "actors": len(status["actors"]), "torch_threads": actor["torch_threads"],
             "optimize_s": actor.get("optimize_seconds", 0.0), "optimize": config.optimize}

@@ -29,7 +29,7 @@ def run(config: ContenderConfig) -> dict:
         data.frame(job["rows"], job["partitions"])
     spec = ModelSpec(config.model, seed=config.seed, weights="random")
     stamp_dir = config.stamp_dir
-    actors = config.actors  # like the hybrid pool: the threads split among them
+    actors = config.actors or 1  # like the hybrid pool: the threads split among them
 
     def decode(batch: dict) -> dict:
         import torch
@@ -44,7 +44,8 @@ def run(config: ContenderConfig) -> dict:
         def __init__(self):
             stamp(stamp_dir, LOAD)
             self.runner = make_runner(config, spec.load_module(),
-                                      threads=max(1, config.threads // actors))
+                                      threads=max(1, config.threads // actors)
+                                      if config.threads else None)
 
         def __call__(self, batch: dict) -> dict:
             import torch
