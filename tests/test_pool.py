@@ -319,17 +319,20 @@ def test_the_idle_check_counts_a_dead_actor_as_idle_and_says_why(ray_address, ca
     import ray
 
     from hybrid_infer.pool.manager import PoolManager
+    from hybrid_infer.pool.scaling import IdlePolicy
     from hybrid_infer.pool.settings import PoolKey
     from hybrid_infer.weights import weights_digest
 
     caplog.set_level(logging.INFO, logger="hybrid_infer")
     spec = ModelSpec("mobilenet_v3_small", seed=8, weights="random")
-    settings = PoolSettings(num_actors=2, idle_timeout_s=0, torch_threads=1,
+    settings = PoolSettings(num_actors=2, idle_timeout_s=3600, torch_threads=1,
                             num_cpus_per_actor=0.5)
     # The manager's logic, run in this process (the detached one logs to its worker log).
     manager = PoolManager(PoolKey.derive(spec.identity, weights_digest(spec), settings.actor),
                           spec, settings)
     actors = manager.start(2, None, ray.get_runtime_context().get_node_id())
+    # idle at once from now on (its own loop next looks in 30 s: this call is first)
+    manager._idle = IdlePolicy(idle_timeout_s=1e-6, min_actors=0)
     try:
         ray.kill(actors[1], no_restart=True)
         # ray.kill is asynchronous: wait until the actor is gone, or it may still answer.
