@@ -17,15 +17,6 @@ from hybrid_infer.pool.registry import Pool
 from hybrid_infer.pool.settings import PoolSettings
 
 
-def make_slow_double_fn():
-    import time as clock
-
-    def predict(inputs):
-        clock.sleep(0.25)
-        return inputs * 2.0
-    return predict
-
-
 def _pool_with(placement_value: float) -> Pool:
     for name in Pool.names():
         pool = Pool.get(name)
@@ -37,6 +28,14 @@ def _pool_with(placement_value: float) -> Pool:
 @pytest.mark.timeout(400)
 def test_a_busy_pool_grows_under_a_job_and_shrinks_back_after(spark, ray_address):
     from pyspark.sql.types import FloatType
+
+    def make_slow_double_fn():  # defined here: pickled by value, as a user's would be
+        import time as clock
+
+        def predict(inputs):
+            clock.sleep(0.25)
+            return inputs * 2.0
+        return predict
 
     settings = PoolSettings(num_actors=1, max_actors=2, num_cpus_per_actor=0.5,
                             grow_after_s=1.5, shrink_after_s=4.0)
