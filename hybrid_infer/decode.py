@@ -282,21 +282,27 @@ def has_eoi(view, start: int, end: int) -> bool:
     return b"\xff\xd9" in tail
 
 
-def device_decodable(view, start: int, end: int, preprocess: Preprocess) -> bool:
-    """True when the device decoder may take this row: an 8-bit baseline/extended JPEG
-    with 1 or 3 components (not CMYK/YCCK, not Adobe's untransformed RGB), complete (EOI present),
-    within max_pixels and the resize limit. Every other row goes to the CPU decoder,
-    which gives it the same pixels or the same error as a CPU pool would."""
+def device_decodable_pixels(view, start: int, end: int, preprocess: Preprocess) -> int:
+    """The pixels (width x height) of the JPEG in view[start:end] when the device decoder
+    may take it, else 0: an 8-bit baseline/extended JPEG with 1 or 3 components (not
+    CMYK/YCCK, not Adobe's untransformed RGB), complete (EOI present), within max_pixels
+    and the resize limit. Every other row goes to the CPU decoder, which gives it the
+    same pixels or the same error as a CPU pool would."""
     header = jpeg_header(view, start, end)
     if header is None:
-        return False
+        return 0
     width, height, components, sof, adobe = header
     if sof not in _DEVICE_SOF or components not in (1, 3) or (components == 3 and adobe == 0):
-        return False
+        return 0
     if width == 0 or height == 0 or width * height > preprocess.max_pixels:
-        return False
+        return 0
     try:
         _check_resized_size((width, height), preprocess)
     except DecodeError:
-        return False
-    return has_eoi(view, start, end)
+        return 0
+    return width * height if has_eoi(view, start, end) else 0
+
+
+def device_decodable(view, start: int, end: int, preprocess: Preprocess) -> bool:
+    """True when the device decoder may take this row (see device_decodable_pixels)."""
+    return device_decodable_pixels(view, start, end, preprocess) > 0
