@@ -105,11 +105,9 @@ class RowRequest:
         if n_rows == 0:
             self.done.set()
 
-    def _mark(self, indices: list[int]) -> list[int]:
-        """Marks rows answered (under the lock); returns the positions that were not."""
-        fresh = [p for p, index in enumerate(indices) if not self._answered[index]]
-        self._answered[[indices[p] for p in fresh]] = True
-        return fresh
+    def _fresh(self, indices: list[int]) -> list[int]:
+        """The positions of `indices` not answered yet (under the lock)."""
+        return [p for p, index in enumerate(indices) if not self._answered[index]]
 
     def _finish(self) -> None:
         """After the answers are written (under the lock): done when every row is."""
@@ -118,17 +116,20 @@ class RowRequest:
 
     def set_outputs(self, indices: list[int], rows: np.ndarray) -> None:
         with self._lock:
-            fresh = self._mark(indices)
-            if fresh:
+            fresh = self._fresh(indices)
+            if fresh:  # written first: rows that cannot be stored stay unanswered
+                targets, values = [indices[p] for p in fresh], rows[fresh]
                 if self.outputs is None:
-                    self.outputs = np.zeros((self.n_rows, rows.shape[1]), dtype=np.float32)
-                self.outputs[[indices[p] for p in fresh]] = rows[fresh]
+                    self.outputs = np.zeros((self.n_rows, values.shape[1]), dtype=np.float32)
+                self.outputs[targets] = values
+                self._answered[targets] = True
             self._finish()
 
     def set_error(self, index: int, reason: str) -> None:
         with self._lock:
-            if self._mark([index]):
+            if self._fresh([index]):
                 self.errors[index] = reason
+                self._answered[index] = True
             self._finish()
 
 
