@@ -27,7 +27,7 @@ from hybrid_infer.actor.device_pipeline import DevicePipeline
 from hybrid_infer.actor.inference import InferenceActor, RequestOptions
 from hybrid_infer.actor.pipeline import InferencePipeline
 from hybrid_infer.actor.runner import ModelRunner
-from hybrid_infer.decode import Preprocess
+from hybrid_infer.decode import Preprocess, device_decodable_pixels, jpeg_header
 from hybrid_infer.demo_data import generate_jpegs
 from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.settings import ActorSettings
@@ -327,8 +327,11 @@ def test_no_working_device_decoder_falls_back_to_cpu_decode_with_one_log_line(
     def removed(*args, **kwargs):
         raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
 
+    from hybrid_infer.actor import device_decode
+
     monkeypatch.setattr(torchvision.io, "decode_jpeg", removed)
-    assert JpegDecoder.choose("cpu", backends=("torchvision",))[0] is None
+    monkeypatch.setattr(device_decode, "JPEG_BACKENDS", ("torchvision",))  # torchcodec too
+    assert JpegDecoder.choose("cpu")[0] is None
     spec, arrays = model
     with caplog.at_level(logging.WARNING, logger="hybrid_infer.actor.inference"):
         actor = InferenceActor(spec, arrays, ActorSettings(decode="gpu", torch_threads=1),
@@ -341,6 +344,50 @@ def test_no_working_device_decoder_falls_back_to_cpu_decode_with_one_log_line(
         assert actor.infer(batch).column("error").to_pylist() == [None] * 3
     finally:
         actor.close()
+
+
+def _rotated_jpegs() -> list[bytes]:
+    """A 60x40 JPEG with EXIF orientation 6, its EXIF little-endian (PIL) and big-endian."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    little = io.BytesIO()
+    image.save(little, format="JPEG", exif=exif.tobytes())
+    plain = io.BytesIO()
+    image.save(plain, format="JPEG")
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(
+        ">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
+    app1 = b"Exif\x00\x00" + tiff
+    big = plain.getvalue()[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 \
+        + plain.getvalue()[2:]
+    return [little.getvalue(), big]
+
+
+def test_exif_rotated_rows_skip_a_decoder_that_rotates_them(runner):
+    """torchcodec applies EXIF orientation (always); the CPU path does not: such rows go
+    to the CPU decoder when the device decoder would rotate them."""
+    rotated = _rotated_jpegs()
+    for data in rotated:
+        view = memoryview(np.frombuffer(data, dtype=np.uint8))
+        assert jpeg_header(view, 0, len(data))[5] == 6
+        assert device_decodable_pixels(view, 0, len(data), Preprocess()) == 60 * 40
+        assert device_decodable_pixels(view, 0, len(data), Preprocess(),
+                                       rotates_by_exif=True) == 0
+    reference = _reference(runner, rotated)
+    decoder = JpegDecoder("torchvision", "cpu")
+    decoder.rotates_by_exif = True  # as torchcodec's
+    pipeline = _pipeline(runner, decoder)
+    try:
+        outputs, errors = pipeline.run(_column(rotated), None, timeout=120)
+    finally:
+        pipeline.close()
+    assert errors == [None, None] and pipeline.stats.cpu_decoded_rows == 2
+    np.testing.assert_allclose(outputs, reference, atol=1e-5)
 
 
 # --- item 7 and issue 20 item 9: the smaller items, one interface ---------------------------

@@ -66,23 +66,31 @@ def tiny_jpeg() -> bytes:
     return buffer.getvalue()
 
 
+#: Backends that apply a JPEG's EXIF orientation (torchcodec 0.17 always does, with no
+#: option; torchvision does not by default, nor does the CPU path's PIL decode).
+_ROTATES_BY_EXIF = frozenset({"torchcodec"})
+
+
 class JpegDecoder:
-    """Batched JPEG decode on `device` by one backend (see the module doc)."""
+    """Batched JPEG decode on `device` by one backend (see the module doc).
+    `rotates_by_exif`: the backend applies EXIF orientation, so rows carrying one go to
+    the CPU decoder (which does not) to keep the CPU path's pixels."""
 
     def __init__(self, backend: str, device: str):
         self.backend = backend
         self.device = device
+        self.rotates_by_exif = backend in _ROTATES_BY_EXIF
         self._decode = _backend_function(backend)
 
     @classmethod
-    def choose(cls, device: str, backends=JPEG_BACKENDS) -> tuple["JpegDecoder | None", dict]:
-        """The first backend that decodes a tiny JPEG on `device` correctly, and why each
-        one before it was passed over ({backend: reason})."""
+    def choose(cls, device: str, backends=None) -> tuple["JpegDecoder | None", dict]:
+        """The first of `backends` (default JPEG_BACKENDS) that decodes a tiny JPEG on
+        `device` correctly, and why each one before it was passed over ({backend: reason})."""
         import torch
 
         probe = torch.frombuffer(bytearray(tiny_jpeg()), dtype=torch.uint8)
         refused = {}
-        for backend in backends:
+        for backend in backends or JPEG_BACKENDS:
             try:
                 decoder = cls(backend, device)
                 image = decoder._decode([probe], device)[0]

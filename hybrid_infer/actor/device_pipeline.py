@@ -117,10 +117,11 @@ class DevicePipeline(ActorPipeline):
         offsets, data, valid = binary_buffers(column)
         device_rows, pixels, cpu_rows = [], [], []
         if self.jpeg_decoder is not None and n:
-            view = memoryview(data)
+            view, rotates = memoryview(data), self.jpeg_decoder.rotates_by_exif
             for index in range(n):
                 count = (device_decodable_pixels(view, int(offsets[index]),
-                                                 int(offsets[index + 1]), self.preprocess)
+                                                 int(offsets[index + 1]), self.preprocess,
+                                                 rotates_by_exif=rotates)
                          if valid[index] else 0)
                 if count:
                     device_rows.append(index)
