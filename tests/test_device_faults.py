@@ -458,3 +458,34 @@ def test_both_pipelines_share_one_interface_and_refuse_work_after_a_device_failu
     finally:
         cpu.close()
         device.close()
+
+
+def test_in_ray_an_actor_whose_device_failed_exits_and_its_batch_is_not_answered(
+        ray_address, model, jpegs):
+    """Inside Ray the actor's process ends: Ray reports it dead (the manager's heal
+    replaces it, clients resend its unanswered batches) instead of answering errors."""
+    import ray
+
+    class BreakableActor(InferenceActor):  # local: Ray ships it by value to the worker
+        """The real actor, plus a way for the test to break its device from outside."""
+
+        def break_device(self) -> None:
+            def faulty(inputs):
+                raise torch.AcceleratorError(CUDA_FAULT)
+
+            self.runner.forward = faulty
+
+    spec, arrays = model
+    actor = ray.remote(BreakableActor).options(num_cpus=1).remote(
+        spec, arrays, ActorSettings(decode="gpu", torch_threads=1, batch_size=4), "t", 0)
+    batch = pa.RecordBatch.from_arrays([_column(jpegs[:4])], ["content"])
+    try:
+        good = ray.get(actor.infer.remote(batch, RequestOptions()), timeout=180)
+        assert good.column("error").to_pylist() == [None] * 4
+        ray.get(actor.break_device.remote(), timeout=60)
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.infer.remote(batch, RequestOptions()), timeout=120)
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.ping.remote(), timeout=60)
+    finally:
+        ray.kill(actor, no_restart=True)

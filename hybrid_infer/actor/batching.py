@@ -62,10 +62,12 @@ def is_device_fatal(exc: BaseException) -> bool:
 
 
 class DeviceHealth:
-    """Whether this actor's device is still usable; shared by the actor's pipelines."""
+    """Whether this actor's device is still usable; shared by the actor's pipelines.
+    `on_failure(exc)` runs once, at the first failure (an actor in Ray exits then)."""
 
-    def __init__(self):
+    def __init__(self, on_failure=None):
         self.failure: BaseException | None = None
+        self._on_failure = on_failure
         self._lock = threading.Lock()
 
     def fail(self, exc: BaseException) -> None:
@@ -75,6 +77,8 @@ class DeviceHealth:
             self.failure = exc
         log.error("the actor's device failed (%s: %s): it refuses work from now on and "
                   "its pool replaces it", type(exc).__name__, exc)
+        if self._on_failure is not None:
+            self._on_failure(exc)
 
     def check(self) -> None:
         """Raise DeviceFailedError once the device failed (ping and every request call it)."""

@@ -77,7 +77,9 @@ class InferenceActor(PoolActor):
             embedding_layer=settings.embedding_layer)
         self.streams, stream_threads = settings.stream_layout(self.runner.device, threads)
         self._pipeline_stats = PipelineStats()  # shared by the CPU and device pipelines
-        self.health = DeviceHealth()  # shared too: one CUDA error fails the whole actor
+        # Shared too: one CUDA error fails the whole actor; in Ray (Ray assigned it CPUs)
+        # the actor then exits, so its batches are resent and the pool replaces it.
+        self.health = DeviceHealth(exit_for_replacement if granted.cpus is not None else None)
         self.pipeline = InferencePipeline(
             self.runner, settings.batch_size, settings.decode_threads, streams=self.streams,
             stream_setup=lambda: torch.set_num_threads(stream_threads),
@@ -192,3 +194,17 @@ class InferenceActor(PoolActor):
             "last_used": stats.last_used,
         }
 
+
+#: The exit status of an actor process whose device failed.
+EXIT_DEVICE_FAILED = 75
+
+
+def exit_for_replacement(exc: BaseException) -> None:
+    """End this Ray actor's process after an unrecoverable device error: Ray reports the
+    actor dead, the clients resend the batches it had not answered to the pool's other
+    actors, and the manager's heal replaces it. (Answering rows with errors instead would
+    look healthy while the device is broken.)"""
+    log.error("exiting (status %d) so that the pool replaces this actor: %s: %s",
+              EXIT_DEVICE_FAILED, type(exc).__name__, exc)
+    logging.shutdown()
+    os._exit(EXIT_DEVICE_FAILED)
