@@ -171,8 +171,11 @@ class DevicePipeline(ActorPipeline):
             if self.cpu_pool.replace_broken(future.pool_generation):
                 self.stats.add(cpu_pool_rebuilds=1)
             if attempt == 0:
-                self._to_cpu(request, indices, values, retried=retried, attempt=1)
-                return
+                try:
+                    self._to_cpu(request, indices, values, retried=retried, attempt=1)
+                    return
+                except Exception as again:  # the pool was shut down: the rows fail
+                    exc = again
             pixels, reasons = None, [f"decode failed: {type(exc).__name__}: {exc}"] * len(indices)
         except Exception as exc:  # these rows fail, the batch does not
             pixels, reasons = None, [f"decode failed: {type(exc).__name__}: {exc}"] * len(indices)
@@ -229,7 +232,13 @@ class DevicePipeline(ActorPipeline):
                 self.health.check()
                 items, batch = self._prepare(encoded, host)
             except Exception as exc:  # never the thread: the rows get what happened
-                self._prepare_failed(encoded, host, exc)
+                try:
+                    self._prepare_failed(encoded, host, exc)
+                except Exception as again:  # e.g. the CPU decoder shut down meanwhile
+                    log.exception("a batch of %d rows could not be rerouted", len(encoded))
+                    for request, index, *_ in encoded + host:
+                        request.set_error(index, f"decode failed: {type(again).__name__}: "
+                                                 f"{again}")
                 continue
             if items:
                 self._ready.put((items, batch))  # blocks when prefetch_batches are waiting
