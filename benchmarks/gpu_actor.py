@@ -373,7 +373,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--mix-scale", type=float, default=None,
                         help="camera photos' size as a share of 4000x3000 (default 1, --quick 0.3)")
     parser.add_argument("--callers", type=int, default=None, help="default 32 (--quick 4)")
-    parser.add_argument("--rows", type=int, default=None, help="rows per request (default 64, --quick 16)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows per request (default 64, --quick 16)")
     parser.add_argument("--actor-seconds", type=float, default=None,
                         help="timed window per actor run, after warm-up (default 20, --quick 2)")
     parser.add_argument("--check-images", type=int, default=None,
@@ -387,6 +388,9 @@ def main(argv=None) -> dict:
                         help="comma-separated worker counts (default 1,2,4,8,15; --quick 1,2)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="per model-only measurement (default 5, --quick 1)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to leave out when time is short: "
+                             "compile, seed, cpu-decode")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_actor"),
                         help="output path without extension: writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -407,7 +411,8 @@ def main(argv=None) -> dict:
     callers = args.callers or (4 if quick else 32)
     rows = args.rows or (16 if quick else 64)
     actor_seconds = args.actor_seconds or (2.0 if quick else 20.0)
-    check = args.check_images or (16 if quick else 512)
+    check_rows = args.check_images or (16 if quick else 512)
+    skip = set(filter(None, (args.skip or "").split(",")))
     seconds = args.seconds or (1.0 if quick else 5.0)
     cores = len(os.sched_getaffinity(0))
     workers_list = ([int(w) for w in args.cpu_workers.split(",")] if args.cpu_workers
@@ -446,10 +451,13 @@ def main(argv=None) -> dict:
                 runs.append(("cpu_uint8_path_mix", "mix", ActorSettings(decode="cpu"), False))
         for key, set_name, settings, is_legacy in runs:
             blobs, corrupt = sets[set_name]
-            run = actor[key] = run_actor(spec, arrays, settings, blobs,
-                                         corrupt or [False] * len(blobs), callers, rows,
-                                         actor_seconds, legacy=is_legacy)
+            run = actor[key] = _guarded(problems, f"actor {key}", lambda: run_actor(
+                spec, arrays, settings, blobs, corrupt or [False] * len(blobs), callers, rows,
+                actor_seconds, legacy=is_legacy))
             run["set"] = set_name
+            _save(args.out, results, problems)
+            if "error" in run:
+                continue
             _progress(total, f"actor, {key}: {run['images_per_s']:.1f} images/s "
                       f"({run['succeeded']} rows succeeded, {run['failed']} failed, "
                       f"{run['unexpected']} unexpectedly)")
@@ -459,55 +467,64 @@ def main(argv=None) -> dict:
 
         checks = results["agreement"] = {}
         for name, (blobs, _) in sets.items():
-            checks[name] = agreement(spec, arrays, blobs[:check], rows)
-            _progress(total, f"device vs CPU path, {name}: {checks[name]}")
-            if checks[name]["error_mismatches"]:
-                problems.append(f"{name}: {checks[name]['error_mismatches']} rows got a "
+            check = checks[name] = _guarded(problems, f"agreement on {name}", lambda: agreement(
+                spec, arrays, blobs[:check_rows], rows))
+            _progress(total, f"device vs CPU path, {name}: {check}")
+            if check.get("error_mismatches"):
+                problems.append(f"{name}: {check['error_mismatches']} rows got a "
                                 "different error on the device path than on the CPU path")
-            if (checks[name]["top1_agreement"] or 0.0) < args.min_agreement:
-                problems.append(f"{name}: top-1 agreement {checks[name]['top1_agreement']} "
+            if "error" not in check and (check["top1_agreement"] or 0.0) < args.min_agreement:
+                problems.append(f"{name}: top-1 agreement {check['top1_agreement']} "
                                 f"between the device and CPU paths is under {args.min_agreement}")
+        _save(args.out, results, problems)
         blobs = sets["generated"][0]
 
         ceilings = results["model_only"] = {}
-        small = actor["today_defaults"]["batch_size"]
+        small = actor["today_defaults"].get("batch_size", 32)
         big = 256 if not quick else 32
         for batch in sorted({small, big}):
             for precision, cl in (("fp32", False), ("bf16", True)):
                 if quick and precision == "bf16" and batch != small:
                     continue
                 key = f"eager_{precision}{'_cl' if cl else ''}_b{batch}"
-                ceilings[key] = model_ceiling(spec, device, batch, precision, cl, False, seconds)
-                _progress(total, key, round(ceilings[key]["images_per_s"], 1))
-        if not quick:
-            try:
+                ceilings[key] = _guarded(problems, f"model only, {key}", lambda: model_ceiling(
+                    spec, device, batch, precision, cl, False, seconds))
+                _progress(total, key, _figure(ceilings[key]))
+        if not quick and "compile" not in skip:
+            try:  # no compiler toolchain: reported, not a problem of the actor
                 ceilings[f"compiled_bf16_cl_b{big}"] = model_ceiling(
                     spec, device, big, "bf16", True, True, seconds)
-            except Exception as exc:  # no compiler toolchain: reported, not fatal
-                ceilings[f"compiled_bf16_cl_b{big}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            except Exception as exc:
+                ceilings[f"compiled_bf16_cl_b{big}"] = {
+                    "error": f"{type(exc).__name__}: {exc}"[:300]}
+        _save(args.out, results, problems)
 
         seed = results["seed_recipe"] = {}
-        seed_rows = count if quick else 10_000  # one UDF call per Arrow batch (10k rows)
-        seed["1_task"] = run_seed(model_name, blobs, device, 1, 1 if quick else 8, seed_rows,
-                                  threads=cores)
-        _progress(total, "seed 1 task:", round(seed["1_task"]["images_per_s"], 1))
-        tasks = args.seed_tasks
-        seed[f"{tasks}_tasks"] = run_seed(model_name, blobs, device, tasks, 0 if quick else 4,
-                                          seed_rows, threads=max(1, cores // tasks))
-        _progress(total, f"seed {tasks} tasks:", round(seed[f"{tasks}_tasks"]["images_per_s"], 1))
+        if "seed" not in skip:
+            seed_rows = count if quick else 10_000  # one UDF call per Arrow batch (10k rows)
+            seed["1_task"] = _guarded(problems, "seed recipe, 1 task", lambda: run_seed(
+                model_name, blobs, device, 1, 1 if quick else 8, seed_rows, threads=cores))
+            _progress(total, "seed 1 task:", _figure(seed["1_task"]))
+            tasks = args.seed_tasks
+            seed[f"{tasks}_tasks"] = _guarded(
+                problems, f"seed recipe, {tasks} tasks", lambda: run_seed(
+                    model_name, blobs, device, tasks, 0 if quick else 4, seed_rows,
+                    threads=max(1, cores // tasks)))
+            _progress(total, f"seed {tasks} tasks:", _figure(seed[f"{tasks}_tasks"]))
+            _save(args.out, results, problems)
 
-        decode_blobs = blobs[:min(len(blobs), 48 if quick else 1024)]
-        results["cpu_decode_uint8"] = {
-            "processes": cpu_decode_scaling(decode_blobs, workers_list, "process"),
-            "threads": cpu_decode_scaling(decode_blobs, workers_list, "thread")}
-        _progress(total, "cpu decode:", results["cpu_decode_uint8"])
+        results["cpu_decode_uint8"] = {}
+        if "cpu-decode" not in skip:
+            decode_blobs = blobs[:min(len(blobs), 48 if quick else 1024)]
+            for kind, name in (("process", "processes"), ("thread", "threads")):
+                results["cpu_decode_uint8"][name] = _guarded(
+                    problems, f"CPU decode scaling ({name})",
+                    lambda: cpu_decode_scaling(decode_blobs, workers_list, kind))
+            _progress(total, "cpu decode:", results["cpu_decode_uint8"])
 
     results["ratios"] = _ratios(results, big)
-    results["problems"] = problems
     results["config"]["total_s"] = round(time.perf_counter() - total, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as handle:
-        json.dump(results, handle, indent=2)
+    _save(args.out, results, problems, complete=True)
     with open(args.out + ".md", "w") as handle:
         handle.write(markdown(results))
     print(markdown(results))
@@ -516,28 +533,63 @@ def main(argv=None) -> dict:
     return results
 
 
+def _guarded(problems: list[str], what: str, measure) -> dict:
+    """measure(), or {"error": ...} with the failure added to `problems`: one part that
+    fails does not lose the others (the run still exits 1)."""
+    try:
+        return measure()
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        problems.append(f"{what} failed: {message}")
+        print(f"{what} FAILED: {message}", file=sys.stderr, flush=True)
+        return {"error": message}
+
+
+def _save(out: str, results: dict, problems: list[str], complete: bool = False) -> None:
+    """OUT.json now: a run cut short (a device's time limit) keeps what it measured."""
+    results["problems"] = problems
+    results["complete"] = complete
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as handle:
+        json.dump(results, handle, indent=2)
+
+
 def _progress(since: float, *parts) -> None:
     """A progress line, with the seconds since the run started (where the time goes)."""
     print(f"[{time.perf_counter() - since:6.1f} s]", *parts, flush=True)
 
 
+def _rate(entry) -> float | None:
+    return entry.get("images_per_s") if isinstance(entry, dict) else None
+
+
+def _ratio(numerator, denominator) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
 def _ratios(results: dict, big: int) -> dict:
-    actor = results["actor"]["device_path"]["images_per_s"]
+    device = _rate(results["actor"].get("device_path"))
     ceilings = results["model_only"]
-    seed_best = max(run["images_per_s"] for run in results["seed_recipe"].values())
-    bf16 = next((v["images_per_s"] for k, v in ceilings.items()
+    seeds = [_rate(run) for run in results["seed_recipe"].values() if _rate(run)]
+    bf16 = next((_rate(v) for k, v in ceilings.items()
                  if k.startswith("eager_bf16") and k.endswith(f"_b{big}")), None)
-    compiled = next((v.get("images_per_s") for k, v in ceilings.items()
-                     if k.startswith("compiled")), None)
-    scaling = results["cpu_decode_uint8"]["processes"]
-    most = max(scaling, key=int)
+    compiled = next((_rate(v) for k, v in ceilings.items() if k.startswith("compiled")), None)
+    scaling = results["cpu_decode_uint8"].get("processes") or {}
+    scaling = {} if "error" in scaling else scaling
+    most = max(scaling, key=int) if scaling else "n"
     return {
-        "device_path_over_today": actor / results["actor"]["today_defaults"]["images_per_s"],
-        "device_path_over_eager_bf16_ceiling": actor / bf16 if bf16 else None,
-        "device_path_over_compiled_ceiling": actor / compiled if compiled else None,
-        "device_path_over_seed_best": actor / seed_best,
-        f"cpu_decode_{most}_workers_over_1": scaling[most] / scaling["1"] if "1" in scaling else None,
+        "device_path_over_today": _ratio(device, _rate(results["actor"].get("today_defaults"))),
+        "device_path_over_eager_bf16_ceiling": _ratio(device, bf16),
+        "device_path_over_compiled_ceiling": _ratio(device, compiled),
+        "device_path_over_seed_best": _ratio(device, max(seeds) if seeds else None),
+        f"cpu_decode_{most}_workers_over_1": _ratio(scaling.get(most), scaling.get("1")),
     }
+
+
+def _figure(entry: dict) -> str:
+    if "images_per_s" in entry:
+        return f"{entry['images_per_s']:.1f}"
+    return f"failed: {entry['error']}"
 
 
 def markdown(results: dict) -> str:
@@ -554,6 +606,9 @@ def markdown(results: dict) -> str:
               for name, description in results["sets"].items()]
     lines += ["", "| what | images/s |", "|---|---|"]
     for key, value in results["actor"].items():
+        if "error" in value:
+            lines.append(f"| actor, {key} ({value['set']} set) | failed: {value['error']} |")
+            continue
         lines.append(
             f"| actor, {key} ({value['set']} set; decode {value['decode']}"
             f"{', ' + value['jpeg_decoder'] if value.get('jpeg_decoder') else ''}, batch "
@@ -565,18 +620,21 @@ def markdown(results: dict) -> str:
             f"{value['counters']['out_of_memory_reroutes']} rerouted after out-of-memory) "
             f"| {value['images_per_s']:.1f} |")
     for key, value in results["model_only"].items():
-        figure = f"{value['images_per_s']:.1f}" if "images_per_s" in value else value["error"]
-        lines.append(f"| model only, {key} | {figure} |")
+        lines.append(f"| model only, {key} | {_figure(value)} |")
     for key, value in results["seed_recipe"].items():
-        lines.append(f"| seed recipe, {key} ({value['loader_workers']} loader workers each) "
-                     f"| {value['images_per_s']:.1f} |")
+        lines.append(f"| seed recipe, {key} ({value.get('loader_workers')} loader workers each) "
+                     f"| {_figure(value)} |")
     for kind, scaling in results["cpu_decode_uint8"].items():
-        figures = ", ".join(f"{w}: {v:.0f}" for w, v in scaling.items())
+        figures = scaling["error"] if "error" in scaling else ", ".join(
+            f"{w}: {v:.0f}" for w, v in scaling.items())
         lines.append(f"| CPU decode to uint8, {kind} (workers: images/s) | {figures} |")
     lines += ["", "Device path against the CPU path (PIL), both fp32, same images:", "",
               "| set | rows compared | top-1 agreement | largest logit difference "
               "(largest logit) | rows with a different error |", "|---|---|---|---|---|"]
     for name, check in results["agreement"].items():
+        if "error" in check:
+            lines.append(f"| {name} | failed: {check['error']} | | | |")
+            continue
         agree = "n/a" if check["top1_agreement"] is None else f"{check['top1_agreement']:.4f}"
         diff = ("n/a" if check["max_logit_difference"] is None else
                 f"{check['max_logit_difference']:.4g} ({check['max_abs_logit']:.4g})")

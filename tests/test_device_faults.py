@@ -337,7 +337,8 @@ def test_no_working_device_decoder_falls_back_to_cpu_decode_with_one_log_line(
         actor = InferenceActor(spec, arrays, ActorSettings(decode="gpu", torch_threads=1),
                                "test", 0)
     try:
-        lines = [r.getMessage() for r in caplog.records if "no JPEG decoder works" in r.getMessage()]
+        lines = [record.getMessage() for record in caplog.records
+                 if "no JPEG decoder works" in record.getMessage()]
         assert len(lines) == 1 and "not compiled with nvJPEG" in lines[0]
         assert actor.decode is DecodePath.CPU_PROCESSES and actor.stats()["decode"] == "cpu-uint8"
         batch = pa.RecordBatch.from_arrays([_column(jpegs[:3])], ["content"])

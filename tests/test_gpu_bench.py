@@ -26,7 +26,7 @@ def test_gpu_actor_benchmark_end_to_end_on_cpu(tmp_path):
     with open(out + ".json") as handle:
         results = json.load(handle)
     assert results["config"]["images"] == 32 and results["config"]["device"] == "cpu"
-    assert results["problems"] == []
+    assert results["problems"] == [] and results["complete"] is True
     generated, mix = results["sets"]["generated"], results["sets"]["mix"]
     assert generated["rows"] == 32 and generated["distinct"] == 8
     assert set(generated["distinct_files_by_kind"]) == {"JPEG baseline 4:2:0"}
