@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 
 from hybrid_infer.actor.batching import is_device_fatal, is_out_of_memory
@@ -176,17 +177,22 @@ class Normalizer:
         self.dtype = dtype
         self.channels_last = channels_last
         self._constants: dict = {}
+        self._lock = threading.Lock()
 
     def _scale_shift(self, device):
         import torch
 
         key = str(device)
-        if key not in self._constants:
-            mean = torch.tensor(self.preprocess.mean, dtype=torch.float32, device=device)
-            std = torch.tensor(self.preprocess.std, dtype=torch.float32, device=device)
-            self._constants[key] = ((1.0 / (255.0 * std)).view(1, -1, 1, 1),
-                                    (mean / std).view(1, -1, 1, 1))
-        return self._constants[key]
+        with self._lock:  # decode threads share them: made once, finished before use
+            if key not in self._constants:
+                mean = torch.tensor(self.preprocess.mean, dtype=torch.float32)
+                std = torch.tensor(self.preprocess.std, dtype=torch.float32)
+                scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
+                shift = (mean / std).view(1, -1, 1, 1).to(device)
+                if scale.device.type == "cuda":  # other threads read them on other streams
+                    torch.cuda.current_stream(scale.device).synchronize()
+                self._constants[key] = (scale, shift)
+            return self._constants[key]
 
     def __call__(self, batch):
         import torch
