@@ -35,7 +35,7 @@ def test_gpu_actor_benchmark_end_to_end_on_cpu(tmp_path):
     for name in ("today_defaults", "device_path", "device_path_mix"):
         run = results["actor"][name]
         assert run["unexpected"] == 0 and run["seconds"] >= 1.0, run
-        assert run["warmup_rows"] >= 2 * run["batch_size"] or run["warmup_rows"] >= 16, run
+        assert run["warmup_rows"] >= 2 * run["batch_size"], run  # two full model batches
         # Throughput is succeeded rows over the timed window; the counters are the window's.
         assert abs(run["images_per_s"] - run["succeeded"] / run["seconds"]) < 1e-6
         assert run["rows"] == run["succeeded"] + run["failed"]
