@@ -232,16 +232,40 @@ _ANY_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _EOI_WINDOW = 64
 
 
+def _exif_orientation(view, start: int, end: int) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 in the TIFF data view[start:end], or None."""
+    order = bytes(view[start:start + 2]) if end - start >= 8 else b""
+    if order not in (b"II", b"MM"):
+        return None
+    big = order == b"MM"
+
+    def u16(p: int) -> int:
+        return (view[p] << 8 | view[p + 1]) if big else (view[p + 1] << 8 | view[p])
+
+    def u32(p: int) -> int:
+        return (u16(p) << 16 | u16(p + 2)) if big else (u16(p + 2) << 16 | u16(p))
+
+    ifd = start + u32(start + 4)
+    if ifd + 2 > end:
+        return None
+    for entry in range(ifd + 2, ifd + 2 + 12 * u16(ifd), 12):
+        if entry + 12 > end:
+            return None
+        if u16(entry) == 0x0112:
+            return u16(entry + 8)
+    return None
+
+
 def jpeg_header(view, start: int, end: int):
-    """(width, height, components, sof_marker, adobe_transform) of the JPEG in
-    view[start:end] (a memoryview or NumPy uint8 array), read from its markers up to the
-    frame header; adobe_transform is None without an Adobe APP14 segment, else its colour
-    transform (0: none, RGB/CMYK; 1: YCbCr; 2: YCCK). sof_marker is negated for a
-    precision other than 8 bits. None when the value is not a JPEG or its header is
-    unreadable."""
+    """(width, height, components, sof_marker, adobe_transform, exif_orientation) of the
+    JPEG in view[start:end] (a memoryview or NumPy uint8 array), read from its markers up
+    to the frame header; adobe_transform is None without an Adobe APP14 segment, else its
+    colour transform (0: none, RGB/CMYK; 1: YCbCr; 2: YCCK); exif_orientation is the
+    EXIF Orientation tag (None without one). sof_marker is negated for a precision other
+    than 8 bits. None when the value is not a JPEG or its header is unreadable."""
     if end - start < 4 or view[start] != 0xFF or view[start + 1] != 0xD8:
         return None
-    pos, adobe = start + 2, None
+    pos, adobe, orientation = start + 2, None, None
     while pos + 4 <= end:
         if view[pos] != 0xFF:
             return None
@@ -257,6 +281,8 @@ def jpeg_header(view, start: int, end: int):
             return None
         if marker == 0xEE and length >= 14 and bytes(view[pos + 4:pos + 9]) == b"Adobe":
             adobe = view[pos + 15]
+        elif marker == 0xE1 and length >= 16 and bytes(view[pos + 4:pos + 10]) == b"Exif\x00\x00":
+            orientation = _exif_orientation(view, pos + 10, pos + 2 + length)
         elif marker in _ANY_SOF:
             if length < 8:
                 return None
@@ -265,7 +291,7 @@ def jpeg_header(view, start: int, end: int):
             width = (view[pos + 7] << 8) | view[pos + 8]
             components = view[pos + 9]
             sof = marker if precision == 8 else -marker
-            return width, height, components, sof, adobe
+            return width, height, components, sof, adobe, orientation
         elif marker == 0xDA:  # a scan before any frame header
             return None
         pos += 2 + length
@@ -282,21 +308,31 @@ def has_eoi(view, start: int, end: int) -> bool:
     return b"\xff\xd9" in tail
 
 
-def device_decodable(view, start: int, end: int, preprocess: Preprocess) -> bool:
-    """True when the device decoder may take this row: an 8-bit baseline/extended JPEG
-    with 1 or 3 components (not CMYK/YCCK, not Adobe's untransformed RGB), complete (EOI present),
-    within max_pixels and the resize limit. Every other row goes to the CPU decoder,
-    which gives it the same pixels or the same error as a CPU pool would."""
+def device_decodable_pixels(view, start: int, end: int, preprocess: Preprocess, *,
+                            rotates_by_exif: bool = False) -> int:
+    """The pixels (width x height) of the JPEG in view[start:end] when the device decoder
+    may take it, else 0: an 8-bit baseline/extended JPEG with 1 or 3 components (not
+    CMYK/YCCK, not Adobe's untransformed RGB), complete (EOI present), within max_pixels
+    and the resize limit; for a decoder that `rotates_by_exif` (torchcodec), without an
+    EXIF orientation other than 1 (the CPU path does not rotate). Every other row goes
+    to the CPU decoder, which gives it the same pixels or the same error as a CPU pool."""
     header = jpeg_header(view, start, end)
     if header is None:
-        return False
-    width, height, components, sof, adobe = header
+        return 0
+    width, height, components, sof, adobe, orientation = header
     if sof not in _DEVICE_SOF or components not in (1, 3) or (components == 3 and adobe == 0):
-        return False
+        return 0
+    if rotates_by_exif and orientation not in (None, 1):
+        return 0
     if width == 0 or height == 0 or width * height > preprocess.max_pixels:
-        return False
+        return 0
     try:
         _check_resized_size((width, height), preprocess)
     except DecodeError:
-        return False
-    return has_eoi(view, start, end)
+        return 0
+    return width * height if has_eoi(view, start, end) else 0
+
+
+def device_decodable(view, start: int, end: int, preprocess: Preprocess) -> bool:
+    """True when the device decoder may take this row (see device_decodable_pixels)."""
+    return device_decodable_pixels(view, start, end, preprocess) > 0

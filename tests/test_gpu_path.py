@@ -1,9 +1,10 @@
-"""The device data path (actor/gpu_decode.py) on CPU tensors, as CI can run it: torchvision's
+"""The device data path (actor/device_pipeline.py, device_decode.py) on CPU tensors, as CI can run it: torchvision's
 CPU JPEG decoder stands in for nvJPEG; everything else is the code a GPU actor runs."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hybrid_infer.actor import gpu_decode
-from hybrid_infer.actor.gpu_decode import binary_buffers, normalize, resize_crop_into
+from hybrid_infer.actor.cpu_decode import CpuDecodePool
+from hybrid_infer.actor.device_decode import normalize, resize_crop_into
+from hybrid_infer.actor.device_pipeline import binary_buffers
 from hybrid_infer.actor.inference import InferenceActor, RequestOptions
 from hybrid_infer.decode import (ImageDecoder, Preprocess, decode_uint8, device_decodable,
                                  jpeg_header)
@@ -190,7 +192,7 @@ def test_routing_each_row_gets_the_cpu_paths_answer(actors):
         assert np.argmax(cpu[row]) == np.argmax(gpu[row])
 
 
-def test_a_failing_device_decode_is_retried_per_row_then_on_cpu(actors, jpegs, monkeypatch):
+def test_a_failing_device_decode_is_split_in_halves_then_on_cpu(actors, jpegs, monkeypatch):
     import torchvision.io
 
     real = torchvision.io.decode_jpeg
@@ -210,8 +212,8 @@ def test_a_failing_device_decode_is_retried_per_row_then_on_cpu(actors, jpegs, m
     cpu, _ = _infer(actors["cpu"], values)
     assert errors == [None] * 4
     assert np.allclose(gpu[1], cpu[1], atol=1e-3)  # the CPU decoder took row 1: PIL's pixels
-    # One batched call, then each row once: never more.
-    assert len(calls) <= 2 * len(values)
+    # One batched call, then halves down to the bad row: about 2 log2(n) more, not n.
+    assert len(calls) <= 1 + 2 * math.ceil(math.log2(len(values)))
 
 
 def test_model_failure_splits_and_fails_only_the_row(model, jpegs):
@@ -262,7 +264,7 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 import hybrid_infer.actor.inference, hybrid_infer.actor.pipeline, hybrid_infer.actor.runner
-import hybrid_infer.actor.gpu_decode, hybrid_infer.decode, hybrid_infer.pool.settings
+import hybrid_infer.actor.device_pipeline, hybrid_infer.decode, hybrid_infer.pool.settings
 import hybrid_infer.demo_data, hybrid_infer.models, hybrid_infer.weights, hybrid_infer.modes.udf
 import importlib.util
 spec = importlib.util.spec_from_file_location('gpu_actor', 'benchmarks/gpu_actor.py')
@@ -278,7 +280,7 @@ print('ok')
 
 def test_cpu_decode_pool_threads_and_processes_agree(jpegs):
     for kind in ("thread", "process"):
-        pool = gpu_decode.CpuDecodePool(workers=1, kind=kind)
+        pool = CpuDecodePool(workers=1, kind=kind)
         try:
             pixels, reasons = pool.submit(jpegs[:3] + [b"nope"], Preprocess()).result(timeout=120)
         finally:

@@ -7,16 +7,21 @@ Arrow batch of `prediction` / `error` (/ `top_k`) out, same rows, same order.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from hybrid_infer.actor.batching import DecodePath, DeviceHealth, PipelineStats
 from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.decode import ArrayDecoder, ImageDecoder, Preprocess
 from hybrid_infer.output import result_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class InferenceActor(PoolActor):
                  node_threads: int | None = None):
         import torch
 
-        from hybrid_infer.actor.pipeline import InferencePipeline, PipelineStats
+        from hybrid_infer.actor.pipeline import InferencePipeline
         from hybrid_infer.actor.resources import Granted, check_gpu_usable, default_torch_threads
         from hybrid_infer.actor.runner import ModelRunner, resolve_device
         from hybrid_infer.weights import module_from_arrays
@@ -74,55 +79,87 @@ class InferenceActor(PoolActor):
             embedding_layer=settings.embedding_layer)
         self.streams, stream_threads = settings.stream_layout(self.runner.device, threads)
         self._pipeline_stats = PipelineStats()  # shared by the CPU and device pipelines
+        # Shared too: one CUDA error fails the whole actor; in Ray (Ray assigned it CPUs)
+        # the actor then exits, so its batches are resent and the pool replaces it.
+        self.health = DeviceHealth(exit_for_replacement if granted.cpus is not None else None)
         self.pipeline = InferencePipeline(
             self.runner, settings.batch_size, settings.decode_threads, streams=self.streams,
             stream_setup=lambda: torch.set_num_threads(stream_threads),
             # torch's thread count is per thread (OpenMP): decoding's few tensor ops run
             # single-threaded instead of contending with the model's threads.
-            decode_setup=lambda: torch.set_num_threads(1), stats=self._pipeline_stats)
+            decode_setup=lambda: torch.set_num_threads(1), stats=self._pipeline_stats,
+            health=self.health)
         self.stream_threads = stream_threads
-        #: "gpu": JPEGs decoded on the device; "cpu-uint8": PIL in worker processes, uint8
-        #: normalised on the GPU; "cpu": today's decode threads (CPU actors' default).
-        self.decode = _decode_path(settings.decode, self.runner.device)
-        self._cpu_pool = None
-        if self.decode != "cpu":
-            from hybrid_infer.actor.gpu_decode import CpuDecodePool
-
-            self._cpu_pool = CpuDecodePool()
-            if self.decode == "cpu-uint8":
-                self._cpu_pool.warm_up()
+        self._start_decode_path(settings.decode, granted.cpus)
         self._decoders: dict = {}
         self._device_pipelines: dict = {}
+        self._device_pipelines_lock = threading.Lock()
         self.model_loads = 1
         self.load_seconds = time.time() - started
         self.started_at = started
+
+    def _start_decode_path(self, decode: str, assigned_cpus: float | None) -> None:
+        """The decode path (DecodePath) for ActorSettings.decode on this device. The device
+        path first decodes a tiny JPEG there: when no backend can (a torchvision without
+        nvJPEG, decoders removed), JPEGs are decoded on the CPU instead."""
+        from hybrid_infer.actor.cpu_decode import CpuDecodePool, default_cpu_workers
+        from hybrid_infer.actor.device_decode import JpegDecoder
+
+        self.decode = DecodePath.for_setting(decode, self.runner.device)
+        self._jpeg_decoder = None
+        if self.decode is DecodePath.DEVICE:
+            self._jpeg_decoder, refused = JpegDecoder.choose(self.runner.device)
+            if self._jpeg_decoder is None:
+                self.decode = DecodePath.CPU_PROCESSES
+                log.warning("no JPEG decoder works on %s (%s): this actor decodes on the CPU",
+                            self.runner.device, "; ".join(f"{k}: {v}" for k, v in refused.items()))
+        self._cpu_pool = None
+        if self.decode is not DecodePath.THREADS:
+            # Worker processes from the CPUs Ray gave this actor, not the host's cores.
+            self._cpu_pool = CpuDecodePool(default_cpu_workers(assigned_cpus))
+            if self.decode is DecodePath.CPU_PROCESSES:
+                self._cpu_pool.warm_up()
 
     def infer(self, batch: pa.RecordBatch, options: RequestOptions | None = None):
         """Predict for every row of a one-column batch of bytes; same row count back."""
         options = options or RequestOptions()
         column = batch.column(0)
-        if self.decode != "cpu" and options.input_shape is None and (
-                pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
-            pipeline = self._device_pipeline(options.preprocess)
-            outputs, errors = pipeline.run(column, options.batch_timeout_s)
-        else:
-            values = column.to_pylist()
-            outputs, errors = self.pipeline.run(values, self._decoder(options),
-                                                options.batch_timeout_s)
+        outputs, errors = self._pipeline_for(options, column.type).run(
+            column, self._decoder(options), options.batch_timeout_s)
         if outputs is None:
             outputs = np.zeros((len(errors), 0), dtype=np.float32)
         return result_batch(outputs, errors, options.top_k, options.class_names)
 
-    def _device_pipeline(self, preprocess: Preprocess):
-        """One device pipeline per preprocessing (its crop size sets the batch's shape)."""
-        pipeline = self._device_pipelines.get(preprocess)
-        if pipeline is None:
-            from hybrid_infer.actor.gpu_decode import DevicePipeline
+    def ping(self) -> bool:
+        """Fails once the device failed: the pool's heal then replaces this actor."""
+        self.health.check()
+        return True
 
-            pipeline = self._device_pipelines.setdefault(preprocess, DevicePipeline(
-                self.runner, self.settings.batch_size, preprocess, self._cpu_pool,
-                decode_on_device=self.decode == "gpu", stats=self._pipeline_stats))
-        return pipeline
+    def _pipeline_for(self, options: RequestOptions, column_type):
+        """The decode threads' pipeline, or for image bytes on the device paths the
+        device pipeline of the request's preprocessing (its crop sets the batch's shape)."""
+        if self.decode is DecodePath.THREADS or options.input_shape is not None or not (
+                pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)):
+            return self.pipeline
+        with self._device_pipelines_lock:  # concurrent first calls build one pipeline
+            pipeline = self._device_pipelines.get(options.preprocess)
+            if pipeline is None:
+                from hybrid_infer.actor.device_pipeline import DevicePipeline
+
+                pipeline = self._device_pipelines[options.preprocess] = DevicePipeline(
+                    self.runner, self.settings.batch_size, options.preprocess,
+                    self._cpu_pool, jpeg_decoder=self._jpeg_decoder,
+                    stats=self._pipeline_stats, health=self.health)
+            return pipeline
+
+    def close(self) -> None:
+        """Stop the pipelines' threads and the CPU decode workers."""
+        self.pipeline.close()
+        with self._device_pipelines_lock:
+            for pipeline in self._device_pipelines.values():
+                pipeline.close()
+        if self._cpu_pool is not None:
+            self._cpu_pool.shutdown()
 
     def _decoder(self, options: RequestOptions):
         key = options.input_shape or options.preprocess
@@ -135,7 +172,9 @@ class InferenceActor(PoolActor):
         stats = self.pipeline.stats
         return {
             "device": self.runner.device,
-            "decode": self.decode,
+            "decode": self.decode.value,
+            "jpeg_decoder": self._jpeg_decoder.backend if self._jpeg_decoder else None,
+            "device_failed": self.health.failure is not None,
             "batch_size": self.settings.batch_size,
             "precision": self.settings.precision,
             "torch_threads": self.torch_threads,
@@ -150,14 +189,24 @@ class InferenceActor(PoolActor):
             "split_retries": stats.split_retries,
             "cpu_decoded_rows": stats.cpu_decoded_rows,
             "device_decode_failures": stats.device_decode_failures,
+            "device_decode_calls": stats.device_decode_calls,
+            "out_of_memory_reroutes": stats.out_of_memory_reroutes,
+            "cpu_pool_rebuilds": stats.cpu_pool_rebuilds,
             "model_seconds": round(stats.model_seconds, 3),
             "last_used": stats.last_used,
         }
 
 
-def _decode_path(decode: str, device: str) -> str:
-    """Which decode path an actor on `device` runs for PoolSettings.decode."""
-    if decode == "gpu" or (decode == "auto" and device != "cpu"):
-        return "gpu"
-    return "cpu-uint8" if device != "cpu" else "cpu"
+#: The exit status of an actor process whose device failed.
+EXIT_DEVICE_FAILED = 75
 
+
+def exit_for_replacement(exc: BaseException) -> None:
+    """End this Ray actor's process after an unrecoverable device error: Ray reports the
+    actor dead, the clients resend the batches it had not answered to the pool's other
+    actors, and the manager's heal replaces it. (Answering rows with errors instead would
+    look healthy while the device is broken.)"""
+    log.error("exiting (status %d) so that the pool replaces this actor: %s: %s",
+              EXIT_DEVICE_FAILED, type(exc).__name__, exc)
+    logging.shutdown()
+    os._exit(EXIT_DEVICE_FAILED)

@@ -15,75 +15,17 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-import numpy as np
-
+from hybrid_infer.actor.batching import (ActorPipeline, DeviceHealth, PipelineStats,
+                                         RowRequest)
 from hybrid_infer.decode import DecodeError
 
-
-def failure_reason(exc: BaseException) -> str:
-    """A row's reason when the model fails on it alone; out-of-memory gets its own kind."""
-    kind = ("out of memory" if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__
-            else "model failed")
-    return f"{kind}: {type(exc).__name__}: {exc}"[:500]
+#: Queued by close(): a model thread that takes it stops.
+_STOP = object()
 
 
-class _Request:
-    """One caller's rows: results fill in as model batches finish."""
-
-    def __init__(self, n_rows: int, num_outputs: int | None):
-        self.n_rows = n_rows
-        self.errors: list[str | None] = [None] * n_rows
-        self.outputs: np.ndarray | None = None
-        self._remaining = n_rows
-        self._lock = threading.Lock()
-        self.done = threading.Event()
-        if n_rows == 0:
-            self.done.set()
-
-    def _finish_rows(self, count: int) -> None:
-        with self._lock:
-            self._remaining -= count
-            if self._remaining == 0:
-                self.done.set()
-
-    def set_outputs(self, indices: list[int], rows: np.ndarray) -> None:
-        with self._lock:
-            if self.outputs is None:
-                self.outputs = np.zeros((self.n_rows, rows.shape[1]), dtype=np.float32)
-            self.outputs[indices] = rows
-        self._finish_rows(len(indices))
-
-    def set_error(self, index: int, reason: str) -> None:
-        self.errors[index] = reason
-        self._finish_rows(1)
-
-
-@dataclass
-class PipelineStats:
-    """Counters updated from the decode and model threads (under `lock`)."""
-
-    batches: int = 0          # model forward passes
-    rows: int = 0             # rows that reached the model
-    decode_errors: int = 0
-    model_seconds: float = 0.0  # summed over streams: can exceed wall time
-    split_retries: int = 0
-    requests: int = 0
-    cpu_decoded_rows: int = 0        # device path: rows routed to the CPU decoder
-    device_decode_failures: int = 0  # device path: rows the device decoder refused
-    last_used: float = field(default_factory=time.time)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **increments) -> None:
-        with self.lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
-
-
-class InferencePipeline:
+class InferencePipeline(ActorPipeline):
     """Parallel decode -> re-batch -> model, shared by concurrent requests.
 
     run_model: callable(list of CHW tensors) -> np.ndarray (n, outputs), called from
@@ -95,13 +37,14 @@ class InferencePipeline:
 
     def __init__(self, run_model, batch_size: int, decode_threads: int = 2,
                  prefetch_batches: int = 2, streams: int = 1, stream_setup=None,
-                 decode_setup=None, stats: PipelineStats | None = None):
+                 decode_setup=None, stats: PipelineStats | None = None,
+                 health: DeviceHealth | None = None):
+        super().__init__(stats, health)
         self._run_model = run_model
         self.batch_size = batch_size
         self.streams = max(1, min(streams, batch_size))
         #: Rows one stream computes at once: the streams share the batch.
         self.stream_rows = -(-batch_size // self.streams)
-        self.stats = stats or PipelineStats()
         self._decode_pool = ThreadPoolExecutor(max(1, decode_threads),
                                                thread_name_prefix="decode",
                                                initializer=decode_setup)
@@ -117,22 +60,14 @@ class InferencePipeline:
         for thread in self._model_threads:
             thread.start()
 
-    def run(self, values: list, decode, timeout: float | None = None):
-        """Decode and infer `values`; returns (outputs (n, k) or None, errors list)."""
-        request = _Request(len(values), None)
-        self.stats.add(requests=1)
-        self.stats.last_used = time.time()
+    def _submit(self, request: RowRequest, rows, decode) -> None:
+        values = rows.to_pylist() if hasattr(rows, "to_pylist") else rows
         with self._decoding_lock:  # counted before any is submitted: none can finish first
             self._decoding += len(values)
         for index, value in enumerate(values):
             self._decode_pool.submit(self._decode_one, request, index, value, decode)
-        if not request.done.wait(timeout):
-            raise TimeoutError(f"a batch of {len(values)} rows was not done within {timeout} s "
-                               "(the pool's batch_timeout_s)")
-        self.stats.last_used = time.time()
-        return request.outputs, request.errors
 
-    def _decode_one(self, request: _Request, index: int, value, decode) -> None:
+    def _decode_one(self, request: RowRequest, index: int, value, decode) -> None:
         self._prefetch.acquire()
         try:
             tensor = decode(value)
@@ -150,11 +85,23 @@ class InferencePipeline:
             with self._decoding_lock:
                 self._decoding -= 1
 
-    def _next_batch(self) -> list:
-        items = [self._ready.get()]
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._model_threads:
+            self._ready.put(_STOP)
+
+    def _next_batch(self) -> list | None:
+        """Up to stream_rows decoded rows; None once the pipeline is closed."""
+        first = self._ready.get()
+        if first is _STOP:
+            return None
+        items = [first]
         while len(items) < self.stream_rows:
             try:
                 items.append(self._ready.get_nowait())
+                if items[-1] is _STOP:  # closing: this batch is the last
+                    self._ready.put(items.pop())
+                    break
                 continue
             except queue.Empty:
                 pass
@@ -166,45 +113,19 @@ class InferencePipeline:
                 items.append(self._ready.get(timeout=0.05))
             except queue.Empty:
                 continue
+            if items[-1] is _STOP:
+                self._ready.put(items.pop())
+                break
         return items
 
     def _model_loop(self, setup) -> None:
         if setup is not None:
             setup()
-        while True:
-            items = self._next_batch()
+        while (items := self._next_batch()) is not None:
             for _ in items:
                 self._prefetch.release()
             self._infer_items(items)
 
     def _infer_items(self, items: list) -> None:
-        infer_split(self._run_model, items, [tensor for _, _, tensor in items], self.stats,
+        self._infer(self._run_model, items, [tensor for _, _, tensor in items],
                     lambda inputs, lo, hi: inputs[lo:hi])
-
-
-def infer_split(run_model, items: list, inputs, stats: PipelineStats, take) -> None:
-    """run_model(inputs) for rows items = [(request, index, ...)]; on failure split the
-    rows in halves (take(inputs, lo, hi)) down to single rows, whose reason is the error.
-    Each row's outputs go back to its request."""
-    started = time.perf_counter()
-    try:
-        outputs = run_model(inputs)
-    except Exception as exc:
-        if len(items) > 1:
-            stats.add(split_retries=1)
-            middle = len(items) // 2
-            infer_split(run_model, items[:middle], take(inputs, 0, middle), stats, take)
-            infer_split(run_model, items[middle:], take(inputs, middle, len(items)), stats,
-                        take)
-        else:
-            request, index = items[0][0], items[0][1]
-            request.set_error(index, failure_reason(exc))
-        return
-    stats.add(model_seconds=time.perf_counter() - started, batches=1, rows=len(items))
-    by_request: dict[int, tuple[_Request, list[int], list[int]]] = {}
-    for position, item in enumerate(items):
-        entry = by_request.setdefault(id(item[0]), (item[0], [], []))
-        entry[1].append(item[1])
-        entry[2].append(position)
-    for request, indices, positions in by_request.values():
-        request.set_outputs(indices, outputs[positions])
