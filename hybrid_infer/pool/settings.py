@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: One-time model optimisations a long-lived actor can afford (see actor/runner.py).
 OPTIMIZATIONS = ("none", "freeze", "compile")
-#: Where an actor decodes images (see actor/gpu_decode.py): "gpu" decodes JPEGs on the
+#: Where an actor decodes images (see actor/device_pipeline.py): "gpu" decodes JPEGs on the
 #: actor's device (nvJPEG), "cpu" with PIL, "auto" on the GPU when the actor has one.
 DECODES = ("auto", "gpu", "cpu")
 #: Defaults resolved per device (ActorSettings.for_device): a GPU needs large batches
