@@ -3,7 +3,8 @@
 It keeps the pool's lifecycle; each concern it relies on lives in a module of its own:
 - the weights' one object-store copy (pool/weights_copy.py), owned here so that it
   lives exactly as long as the pool, whichever driver created it;
-- the live actors (pool/actor_set.py), and where they go (pool/placement.py);
+- the live actors (pool/actor_set.py), and where they go (pool/placement.py decides,
+  pool/placing.py places them);
 - the pool's Flight entry point (pool/entry.py): the live actors' URIs, and leases;
 - when to grow, shrink or scale down (pool/scaling.py, pure policies), applied by the
   control loop (pool/control.py) from samples of the actors' load;
@@ -33,21 +34,16 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from hybrid_infer.errors import PoolError, from_spark
+from hybrid_infer.errors import PoolError
 from hybrid_infer.pool.actor_set import ActorSet, Member
-from hybrid_infer.pool.control import ControlLoop, _cause, cluster_gpus
+from hybrid_infer.pool.control import ControlLoop, _cause
 from hybrid_infer.pool.entry import serve_entry
 from hybrid_infer.pool.leases import LeaseBook
-from hybrid_infer.pool.orphans import actor_name, adopt_orphans, taken_indices
-from hybrid_infer.pool.placement import (cpu_nodes, cpus_per_actor, gpus_per_actor,
-                                         plan_on_nodes, runs_on_node_cores,
-                                         unplaced_message)
-from hybrid_infer.pool.pressure import (free_for, holders_text, other_pools, placeable,
-                                        ray_resources)
+from hybrid_infer.pool.orphans import adopt_orphans
+from hybrid_infer.pool.placing import Placing
 from hybrid_infer.pool.scaling import IdlePolicy, LoadPolicy
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.pool.weights_copy import WeightsCopy
-from hybrid_infer.runtime import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +52,9 @@ PLAN_LEASE_PREFIX = "plan-"
 #: how long an actor may take to answer a heal's ping before it counts as lost: busy
 #: actors answer at once (they serve calls concurrently)
 PING_TIMEOUT_S = 30.0
-#: how often a placement that waits checks its actors and asks idle pools again
-PLACE_POLL_S = 2.0
 
 
-class PoolManager(ControlLoop):
+class PoolManager(ControlLoop, Placing):
     """The pool's control plane (a detached Ray actor). Holds no model itself.
 
     It keeps the creator's ActorSettings (given to every actor it starts) and
@@ -260,7 +254,7 @@ class PoolManager(ControlLoop):
         finally:
             self._growing = False
 
-    # -- the mechanism: placing and removing actors -----------------------------------
+    # -- the mechanism: placing and removing actors (pool/placing.py) ----------------
     def _scale_locked(self, num_actors: int, dead: set = frozenset(),
                       why: str = "asked") -> None:
         if not self._weights.present:
@@ -279,133 +273,6 @@ class PoolManager(ControlLoop):
         if before != after:
             self._resizes.append((round(time.time(), 3), before, after, why))
 
-    def _to_remove(self, count: int, dead: set) -> list[Member]:
-        """Which `count` actors go: dead ones first, then the newest."""
-        members = sorted(self._set.members(),
-                         key=lambda m: (m.index not in dead, -m.index))
-        return self._set.remove(member.index for member in members[:count])
-
-    def _place(self, count: int) -> None:
-        """Start `count` actors and wait until they serve. Idle pools are asked to give
-        way first (pool/pressure.py); what still cannot be placed waits for the cluster
-        up to place_timeout_s, naming the pools that hold its resources."""
-        import ray
-
-        per_actor = self._resources_per_actor()
-        freed, usages = free_for(self.key.name, per_actor, count)
-        # Actors that do not fit now wait for resources; the others hold theirs at once
-        # (while loading their model, they are not waiting for anyone to give way). Idle
-        # pools only give way when that covers all that was lacking.
-        unplaced = 0 if freed else max(0, count - placeable(ray_resources(per_actor),
-                                                            ray.available_resources()))
-        new = [self._spawn(index, node_id, threads) for index, (node_id, threads)
-               in zip(self._free_indices(count), self._node_plan(count, per_actor))]
-        settings = self.actor_settings
-        pending = {member.actor.serve.remote(self._token, settings.tls_cert,
-                                             settings.tls_key): member for member in new}
-        timeout = self.placement.place_timeout_s
-        deadline = time.monotonic() + timeout
-        next_report = time.monotonic() + 30.0
-        try:
-            while pending and (remaining := deadline - time.monotonic()) > 0:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending),
-                                    timeout=min(PLACE_POLL_S, remaining))
-                for ref in ready:
-                    pending.pop(ref).uri = ray.get(ref)
-                if pending and unplaced:
-                    freed, seen = free_for(self.key.name, per_actor, min(unplaced, len(pending)))
-                    usages = seen or usages
-                    if freed:  # idle pools only give way when that covers all we lack
-                        unplaced = 0
-                    if time.monotonic() >= next_report:
-                        next_report += 30.0
-                        log.warning("pool %s: %d actor(s) wait for resources (%s each); "
-                                    "other pools: %s", self.key.name, len(pending),
-                                    per_actor, holders_text(usages or
-                                                            other_pools(self.key.name)))
-        except ray.exceptions.RayActorError as exc:  # its constructor raised
-            self._kill(new)
-            raise from_spark(exc) or PoolError(
-                f"a new actor of pool {self.key.name} failed to start: {exc}") from None
-        if pending:
-            self._kill(new)
-            raise PoolError(unplaced_message(
-                len(pending), timeout, per_actor, ray.cluster_resources(),
-                ray.available_resources(), holders_text(other_pools(self.key.name))))
-        for member in new:
-            self._set.add(member)
-
-    def _free_indices(self, count: int) -> list[int]:
-        """Indices for new actors: never a name held by any actor of this pool (ours, an
-        orphan, or one still dying)."""
-        used = self._set.indices() | set(taken_indices(self.key.name))
-        free, index = [], 0
-        while len(free) < count:
-            if index not in used:
-                free.append(index)
-            index += 1
-        return free
-
-    def _node_plan(self, count: int, per_actor: dict) -> list[tuple[str | None, int | None]]:
-        """(node, torch threads) per new actor: CPU pools sized by default go one per
-        node with its cores (placement.plan_on_nodes); others where Ray spreads them."""
-        if not self._on_node_cores(per_actor):
-            return [(None, None)] * count
-        return plan_on_nodes(count, cpu_nodes(), self._set.per_node(), per_actor["num_cpus"])
-
-    def _on_node_cores(self, per_actor: dict) -> bool:
-        return runs_on_node_cores(self.actor_settings.torch_threads,
-                                  self.placement.num_cpus_per_actor, per_actor["num_gpus"])
-
-    def _spawn(self, index: int, node_id: str | None, node_threads: int | None) -> Member:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        strategy = (NodeAffinitySchedulingStrategy(node_id, soft=True) if node_id
-                    else "SPREAD")
-        remote_cls = ray.remote(self.spec.actor_class()).options(
-            name=actor_name(self.key.name, index),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            **self._resources_per_actor(),
-            max_concurrency=64,
-            max_restarts=0,
-            scheduling_strategy=strategy,
-            runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
-        )
-        extra = {"node_threads": node_threads} if node_threads else {}
-        actor = remote_cls.remote(self.spec, self._weights.ref, self.actor_settings,
-                                  self.key.name, index, **extra)
-        return Member(index, actor, node_id=node_id)
-
-    def _resources_per_actor(self) -> dict:
-        num_gpus = gpus_per_actor(self.actor_settings.device,
-                                  self.placement.num_gpus_per_actor, cluster_gpus())
-        return {"num_cpus": cpus_per_actor(self.placement.num_cpus_per_actor),
-                "num_gpus": num_gpus}
-
-    @staticmethod
-    def _kill(members: list[Member]) -> None:
-        import ray
-
-        for member in members:
-            with contextlib.suppress(Exception):
-                ray.kill(member.actor, no_restart=True)
-
-    def _kill_and_wait(self, members: list[Member], timeout_s: float = 30.0) -> None:
-        """Kill actors and wait until their names are free: ray.kill is asynchronous, and
-        a scale-up soon after reuses the names (actor-0, actor-1...)."""
-        import ray
-
-        self._kill(members)
-        deadline = time.time() + timeout_s
-        for member in members:
-            while time.time() < deadline:
-                try:
-                    ray.get_actor(actor_name(self.key.name, member.index), namespace=NAMESPACE)
-                except ValueError:
-                    break
-                time.sleep(0.1)
 
     def stop(self) -> int:
         """Kill every actor, then this manager. Returns how many actors were killed."""
