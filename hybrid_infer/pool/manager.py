@@ -38,12 +38,13 @@ import time
 from dataclasses import replace
 
 from hybrid_infer.errors import HybridInferError, PoolError, from_spark
-from hybrid_infer.pool.leases import LeaseBook
+from hybrid_infer.pool.leases import LeaseBook, LeaseRefused
 from hybrid_infer.pool.orphans import actor_name, adopt_orphans, taken_indices
 from hybrid_infer.pool.placement import gpus_per_actor, unplaced_message
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE
 from hybrid_infer.servable import payload_nbytes
+from hybrid_infer.transport.probe import silent_servers
 from hybrid_infer.transport.protocol import PoolAddress
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class PoolManager:
         from hybrid_infer.transport.server import FlightService
 
         return FlightService(None, token=self._token, host=node_address(),
+                             port_range=self.placement.flight_port_range,
                              tls_cert=self.actor_settings.tls_cert, tls_key=self.actor_settings.tls_key,
                              actions={"endpoints": self._endpoints_action,
                                       "lease": self._lease_action}, max_workers=4)
@@ -109,10 +111,12 @@ class PoolManager:
     def _lease_action(self, body: bytes) -> bytes:
         """Take, renew or release a task's lease (transport/lease.py's request)."""
         asked = json.loads(body)
+        if not isinstance(asked, dict):
+            raise LeaseRefused("a lease request is a JSON object (transport/lease.py)")
         if asked.get("release"):
-            self._leases.release(asked["id"])
+            self._leases.release(asked.get("id"))
         else:
-            self.hold_lease(asked["id"], float(asked["ttl_s"]))
+            self.hold_lease(asked.get("id"), asked.get("ttl_s"))
         return json.dumps({"leases": self._leases.active()}).encode()
 
     def hold_lease(self, lease_id: str, ttl_s: float) -> None:
@@ -233,10 +237,15 @@ class PoolManager:
                 return []
             started = time.perf_counter()
             pings = [(actor, actor.ping.remote()) for actor in self._actors]
+            # a live process whose Flight server accepts nobody serves no task either
+            silent = silent_servers(self.address(), self._uris(self._actors))
             live = []
             for actor, ping in pings:
                 try:
                     ray.get(ping, timeout=PING_TIMEOUT_S)
+                    why = silent.get(self._endpoints.get(actor._actor_id.hex()))
+                    if why:
+                        raise ConnectionError(f"its Flight server does not answer ({why})")
                     live.append(actor)
                 except Exception as exc:
                     self._replaced += 1
@@ -330,7 +339,9 @@ class PoolManager:
             settings = self.actor_settings
             try:
                 uris = ray.get([actor.serve.remote(self._token, settings.tls_cert,
-                                                   settings.tls_key) for actor in new],
+                                                   settings.tls_key,
+                                                   self.placement.flight_port_range)
+                                for actor in new],
                                timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 for actor in new:

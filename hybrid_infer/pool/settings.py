@@ -25,6 +25,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from hybrid_infer.errors import ConfigurationError
+from hybrid_infer.transport.gate import parse_port_range
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -170,6 +171,10 @@ class PlacementSettings:
     takes longer (a large checkpoint read from slow storage may need more).
     place_timeout_s: starting or scaling fails when new actors are not placed and
     loaded within this time, e.g. when the cluster lacks the resources they ask for.
+    flight_port_range: (first, last), or "first-last": the ports the pool's Flight
+    servers (its manager, each actor) listen on, so that a firewall between Spark and
+    the pool opens only these; each host needs one port per pool server it runs. None:
+    ports the OS picks. A server finding every port taken fails naming the range.
     """
 
     num_actors: int | None = None
@@ -180,8 +185,11 @@ class PlacementSettings:
     idle_timeout_s: float = 3600.0
     build_timeout_s: float = 600.0
     place_timeout_s: float = 300.0
+    flight_port_range: tuple[int, int] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "flight_port_range",
+                           parse_port_range(self.flight_port_range))
         _at_least(self, 1, "num_actors", "max_actors", optional=True)
         _at_least(self, 0, "min_actors", "num_cpus_per_actor", "idle_timeout_s")
         _at_least(self, 0, "num_gpus_per_actor", optional=True)
