@@ -7,7 +7,9 @@ Flight server listens on loopback only, and this gate owns the address other hos
 reach. It forwards bytes both ways (TLS passes through untouched: the Flight server
 still terminates it) and:
 
-- accepts at most `max_connections` at once; one more is closed at once and logged;
+- accepts at most `max_connections` at once, and never so many that the process could
+  run out of file descriptors (each connection costs three: the client's, the gate's
+  towards the server, the server's); one more is closed at once and logged;
 - closes a connection after `idle_timeout_s` with no byte either way, unless the
   Flight server is still computing a batch it sent (`busy(port)`, where `port` is the
   gate's own port towards the server: the peer the server sees);
@@ -39,6 +41,24 @@ MAX_CONNECTIONS = 1024
 #: computing one of its batches (a legitimate client waits silently only then).
 IDLE_TIMEOUT_S = 300.0
 _CHUNK = 1 << 18
+#: File descriptors the gate leaves to the rest of the process (model files, Ray, gRPC).
+FD_RESERVE = 128
+#: File descriptors one forwarded connection costs in this process.
+FDS_PER_CONNECTION = 3
+
+
+def connection_budget(max_connections: int) -> int:
+    """`max_connections`, lowered so that they fit this process's file descriptors."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    fitting = max(1, (soft - min(FD_RESERVE, soft // 2)) // FDS_PER_CONNECTION)
+    if fitting < max_connections:
+        log.info("flight gate: at most %d connections (RLIMIT_NOFILE %d), not %d",
+                 fitting, soft, max_connections)
+    return min(max_connections, fitting)
 
 
 class PortRangeExhausted(ConfigurationError):
@@ -102,7 +122,7 @@ class ConnectionGate:
         self._listener = bind_listener(host, port_range)
         self.port = self._listener.getsockname()[1]
         self._backend = backend
-        self._max_connections = max_connections
+        self._max_connections = connection_budget(max_connections)
         self._idle_timeout_s = idle_timeout_s
         self._busy = busy
         #: task -> [time of its last byte, its port towards the backend (None: connecting)]
