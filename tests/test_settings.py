@@ -27,7 +27,7 @@ CHANGED = {
     "num_actors": 3, "min_actors": 1, "max_actors": 4, "num_cpus_per_actor": 0.5, "num_gpus_per_actor": 0.25,
     "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
     "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13, "plan_lease_s": 15.0,
-    "tls_cert": "pool.crt", "tls_key": "pool.key",
+    "tls_cert": "pool.crt", "tls_key": "pool.key", "flight_port_range": (40000, 40099),
 }
 #: Settings that are only valid together: changing one changes the other too.
 TOGETHER = {"tls_cert": "tls_key", "tls_key": "tls_cert"}
