@@ -379,3 +379,38 @@ def test_a_server_that_does_not_answer_is_silent_and_a_busy_one_is_not(servers):
     assert list(silent) == [gone_uri]
     held[1].done_writing()
     held[0].close()
+
+
+# -- a host that falls silent ------------------------------------------------------------------
+def test_a_stream_whose_actor_falls_silent_is_given_up_and_its_batches_resent(servers):
+    """SIGSTOP freezes an actor's process: TCP stays open and says nothing, as when its
+    host or link goes down. The client gives its stream up after STALL_S with no
+    heartbeat and resends its batches to the live actor: every row once, in order."""
+    from hybrid_infer.transport.client import STALL_S
+
+    live, handler = servers(0.02)
+    manager = FlightService(None, token=TOKEN, actions={
+        "endpoints": lambda body: json.dumps({"actors": [live.uri]}).encode()})
+    frozen = subprocess.Popen([sys.executable, os.path.join(HERE, "flight_servers.py"), TOKEN,
+                               "0.05"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": HERE})
+    try:
+        frozen_uri = frozen.stdout.readline().strip()
+        pool = PoolAddress("pool-test", manager.uri, (frozen_uri, live.uri), TOKEN)
+        client = PoolClient(pool, encode_header("echo"), max_in_flight=2)
+        out, stalled_at = [], None
+        for n, result in enumerate(client.map(xs(60))):
+            out.append(result)
+            if n == 10:
+                frozen.send_signal(subprocess.signal.SIGSTOP)
+                stalled_at = time.monotonic()
+        recovered_s = time.monotonic() - stalled_at
+        got = pa.Table.from_batches(out)
+        assert got.column("x").to_pylist() == list(range(180))  # each row once, in order
+        assert client.resent >= 1 and handler.batches >= 40
+        assert STALL_S <= recovered_s < STALL_S + 30
+        print(f"FIGURES {{'silent_actor_recovered_s': {recovered_s:.1f}}}")
+    finally:
+        frozen.kill()
+        frozen.wait()
+        manager.shutdown()

@@ -40,7 +40,7 @@ MAX_CONNECTIONS = 1024
 #: A connection with no byte either way for this long is closed, unless its server is
 #: computing one of its batches (a legitimate client waits silently only then).
 IDLE_TIMEOUT_S = 300.0
-_CHUNK = 1 << 18
+_CHUNK = 1 << 20
 #: File descriptors the gate leaves to the rest of the process (model files, Ray, gRPC).
 FD_RESERVE = 128
 #: File descriptors one forwarded connection costs in this process.
@@ -163,6 +163,9 @@ class ConnectionGate:
             backend_reader, backend_writer = await asyncio.open_connection(
                 *self._backend, limit=_CHUNK)
             state[1] = backend_writer.get_extra_info("sockname")[1]
+            for end in (writer, backend_writer):  # gRPC's small frames: no Nagle delay
+                end.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
+                                                        socket.TCP_NODELAY, 1)
             await asyncio.gather(self._pipe(reader, backend_writer, state),
                                  self._pipe(backend_reader, writer, state))
         except (OSError, asyncio.CancelledError):

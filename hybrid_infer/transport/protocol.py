@@ -22,6 +22,8 @@ import pyarrow as pa
 AUTH_HEADER = "authorization"
 #: marks FlightServerError.extra_info of an error raised by the served code itself
 APP_ERROR = b"hybrid_infer-app-error:"
+#: a stream's metadata-only message: "still computing your batches" (every second)
+HEARTBEAT = b"hybrid_infer-heartbeat"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ and options, once per stream) and then request batches; the service runs
 `handler(kind, options)`'s function on each batch in a thread pool (several batches of
 one stream may be in flight, at most `max_in_flight_per_stream`: past that it stops
 reading the stream until an answer is sent) and streams the results back in request
-order. A failure of the served code ends the stream with its type and message
+order, with a heartbeat every HEARTBEAT_S while the stream waits for one (so that a
+client tells a slow batch from a lost link). A failure of the served code ends the stream with its type and message
 (protocol.app_error_info), which the client raises again; anything else is a transport
 failure, which the client answers by resending the batch elsewhere.
 
@@ -35,15 +36,16 @@ import logging
 import queue
 import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from hybrid_infer.transport.gate import IDLE_TIMEOUT_S, MAX_CONNECTIONS, ConnectionGate
-from hybrid_infer.transport.protocol import (AUTH_HEADER, MAX_MESSAGE_BYTES, app_error_info,
-                                             bearer, decode_header, loads_options)
+from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, MAX_MESSAGE_BYTES,
+                                             app_error_info, bearer, decode_header,
+                                             loads_options)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ MAX_IN_FLIGHT_PER_STREAM = 16
 #: Tokens a server accepts: its manager's and the one before (jobs still streaming
 #: after a new manager adopted this actor); older ones are forgotten.
 KEPT_TOKENS = 2
+#: While it holds a stream's batch, a server sends that stream a heartbeat this often:
+#: a client that hears nothing for longer knows the link or host is gone.
+HEARTBEAT_S = 1.0
 #: Besides its rows' bytes, a request batch may carry this much (offsets, identity).
 BATCH_OVERHEAD_BYTES = 1 << 20
 
@@ -245,10 +250,17 @@ class FlightService(flight.FlightServerBase):
     @staticmethod
     def _answer(answers: queue.Queue, writer, room: threading.Semaphore) -> None:
         """Write each answer in request order; a failure of the served code is sent as
-        metadata (the client raises it and ends the stream); after a failed write, the
-        remaining answers are only waited for."""
+        metadata (the client raises it and ends the stream); a heartbeat goes out every
+        HEARTBEAT_S while an answer is awaited; after a failed write, the remaining
+        answers are only waited for."""
         begun = broken = False
         while (answer := answers.get()) is not None:
+            while not wait([answer], timeout=HEARTBEAT_S).done and not broken:
+                try:
+                    writer.write_metadata(HEARTBEAT)
+                except Exception as exc:
+                    log.debug("could not send a heartbeat: %s", exc)
+                    broken = True
             try:
                 result = answer.result()
             except Exception as exc:
