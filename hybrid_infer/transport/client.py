@@ -371,7 +371,9 @@ class PoolClient:
                 "DataFrame built before the pool stopped keeps the old pool's address): "
                 "that starts a new "
                 "manager, which adopts the pool's live actors or starts new ones (or "
-                "hybrid-infer pool start)") from None
+                "hybrid-infer pool start). If the pool runs, a firewall between this host "
+                "and the pool's may drop its ports: open the pool's flight_port_range "
+                "(README: Ports to open)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:
