@@ -219,34 +219,49 @@ def rows_by_host(hosts: Hosts, seed: int = SEED) -> dict[str, int]:
     return counted
 
 
-def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts):
-    """The pool host without the manager (an actor's) loses its link mid-job: every row
-    comes back once, through the other host's actor; with the link back, the next job
-    uses both hosts."""
-    count, cut_after = 80, 16
-    cut = "pool-b" if getattr(hosts, "manager_host", "pool-a") == "pool-a" else "pool-a"
+def job_with_links_cut(hosts: Hosts, cut: list[str], count: int, name: str,
+                       cut_after: int = 16):
+    """Run a job; once the pool has answered `cut_after` of its rows, take the links of
+    the `cut` hosts down until the job ends (then up again). Returns (the Spark role's
+    answer or its RuntimeError, seconds from the cut to the job's end)."""
     before = sum(rows_by_host(hosts).values())
     hosts.spark.send("run", address_file=str(hosts.work / f"pool-{SEED}.pickle"),
-                     count=count, seed=3, out=str(hosts.work / "cut.json"))
+                     count=count, seed=3, out=str(hosts.work / f"{name}.json"))
     deadline = time.monotonic() + 300
     while sum(rows_by_host(hosts).values()) - before < cut_after:
         assert time.monotonic() < deadline, "the job made no progress"
         time.sleep(0.1)
-    hosts.topology.link(cut, up=False)
+    for host in cut:
+        hosts.topology.link(host, up=False)
     cut_at = time.monotonic()
     try:
-        answer = hosts.spark.result(timeout_s=300)
-        after_cut_s = time.monotonic() - cut_at
+        try:
+            answer = hosts.spark.result(timeout_s=300)
+        except RuntimeError as exc:
+            answer = exc
+        return answer, time.monotonic() - cut_at
     finally:
-        hosts.topology.link(cut, up=True)
+        for host in cut:
+            hosts.topology.link(host, up=True)
+
+
+def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts):
+    """The pool host without the manager (an actor's) loses its link mid-job: every row
+    comes back once, through the other host's actor; with the link back, the next job
+    uses both hosts."""
+    count = 80
+    cut = "pool-b" if getattr(hosts, "manager_host", "pool-a") == "pool-a" else "pool-a"
+    answer, after_cut_s = job_with_links_cut(hosts, [cut], count, "cut")
+    assert not isinstance(answer, Exception), answer
     rows = json.loads((hosts.work / "cut.json").read_text())
     assert_every_row_once(rows, count)
     for row_id, prediction, _ in rows:
         if row_id in getattr(hosts, "reference", {}):
             assert max(abs(a - b) for a, b in zip(prediction, hosts.reference[row_id])) < 1e-4
-    figures("lost_link", cut=cut, job_seconds=answer["seconds"], finished_after_cut_s=round(after_cut_s, 1),
-            rows=count, rows_lost=0, rows_duplicated=0,
-            two_host_job_seconds_40_rows=getattr(hosts, "two_host_seconds", None))
+    figures("lost_link", cut=cut, job_seconds=answer["seconds"],
+            finished_after_cut_s=round(after_cut_s, 1), rows=count, rows_lost=0,
+            rows_duplicated=0, two_host_job_seconds_40_rows=getattr(hosts, "two_host_seconds",
+                                                                    None))
 
     # the link is back: the pool (healed or not) serves from both hosts again
     deadline = time.monotonic() + 240
@@ -266,3 +281,52 @@ def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts):
                (hosts.ip["pool-a"], hosts.ip["pool-b"])), (before, after)
     figures("link_back", job_seconds=answer["seconds"], rows=20,
             replaced_actors=hosts.pool.call("actors", seed=SEED)["replaced"])
+
+
+def test_the_managers_host_cut_mid_job_the_job_goes_on_with_the_other_hosts_actor(hosts):
+    count = 60
+    cut = getattr(hosts, "manager_host", "pool-a")
+    answer, after_cut_s = job_with_links_cut(hosts, [cut], count, "manager-cut")
+    assert not isinstance(answer, Exception), answer
+    assert_every_row_once(json.loads((hosts.work / "manager-cut.json").read_text()), count)
+    figures("manager_host_cut", cut=cut, job_seconds=answer["seconds"],
+            finished_after_cut_s=round(after_cut_s, 1), rows=count)
+
+
+def test_with_every_pool_host_cut_the_job_fails_clearly(hosts):
+    answer, after_cut_s = job_with_links_cut(hosts, ["pool-a", "pool-b"], 60, "all-cut")
+    assert isinstance(answer, RuntimeError), answer
+    text = str(answer)
+    assert "PoolError" in text and "do not answer" in text, text[:2000]
+    assert after_cut_s < 60
+    figures("every_pool_host_cut", fails_after_cut_s=round(after_cut_s, 1))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make certificates")
+def test_tls_across_hosts(hosts):
+    """A certificate naming both pool hosts' addresses: a job succeeds; a client that
+    verifies against another certificate, or speaks plain text, is refused."""
+    hosts.pool.call("stop", seed=SEED)  # its CPUs: one per pool host
+    ips = f"IP:{hosts.ip['pool-a']},IP:{hosts.ip['pool-b']}"
+    cert, key, other = (hosts.work / name for name in ("pool.crt", "pool.key", "other.crt"))
+    for made, subject in ((cert, "/CN=hybrid-infer-pool"), (other, "/CN=another-ca")):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", subject, "-addext", f"subjectAltName={ips}", "-keyout",
+                        str(key if made == cert else hosts.work / "other.key"),
+                        "-out", str(made)], check=True, capture_output=True)
+    seed = SEED + 1
+    pool = start_pool(hosts, seed, tls_cert=str(cert), tls_key=str(key))
+    assert all(uri.startswith("grpc+tls://") for uri in (pool["manager"], *pool["actors"]))
+    answer, rows = hosts.job(8, "tls", seed=seed)
+    assert_every_row_once(rows, 8)
+    address_file = str(hosts.work / f"pool-{seed}.pickle")
+    for index in range(2):
+        assert hosts.spark.call("ping", address_file=address_file, uri_index=index) == "ok"
+        refused = hosts.spark.call("ping", address_file=address_file, uri_index=index,
+                                   cert_file=str(other))
+        assert "certificate verify failed" in refused, refused
+        plain = hosts.spark.call("ping", address_file=address_file, uri_index=index,
+                                 scheme="grpc+tcp")
+        assert plain != "ok" and "Flight" in plain, plain
+        print(f"plain-text client refused: {plain[:300]}")
+    figures("tls", job_seconds=answer["seconds"], rows=8)
