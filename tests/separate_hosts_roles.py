@@ -59,10 +59,14 @@ def pool_role(ray_address: str) -> None:
             pickle.dump(address, handle)
         return {"manager": address.manager, "actors": list(address.actors)}
 
+    def scale(seed: int, num_actors: int) -> dict:
+        return {"actors": len(pools[seed].scale(num_actors))}
+
     def stop(seed: int) -> dict:
         return {"stopped": pools.pop(seed).stop()}
 
-    serve({"start": start, "address": address, "actors": actors, "stop": stop})
+    serve({"start": start, "address": address, "actors": actors, "scale": scale,
+           "stop": stop})
 
 
 def spark_role() -> None:

@@ -52,8 +52,10 @@ from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, PoolAddress
 log = logging.getLogger(__name__)
 
 _END = object()
-#: A stream holding batches that hears nothing for this long counts as lost.
-STALL_S = 10.0
+#: A stream holding batches that hears nothing for this long counts as lost (servers
+#: send a heartbeat every second; 5 s lets a job with no live actor fail within 10 s:
+#: this, then connect_timeout_s asking the manager).
+STALL_S = 5.0
 
 
 class StreamStalled(ConnectionError):
