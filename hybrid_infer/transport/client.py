@@ -143,6 +143,8 @@ class _Stream:
         self.heard = time.monotonic()  # the last byte from the actor, or the last send
         self._writing = False
         self._finished = threading.Event()
+        self._cancelled = False  # by _watch: no write may follow (gRPC aborts)
+        self._ending = threading.Lock()  # cancel and finish never overlap
         threading.Thread(target=self._watch, daemon=True, name="flight-watch").start()
 
     def send(self, item: _Item) -> None:
@@ -188,13 +190,17 @@ class _Stream:
             holding = len(self.pending) - self.answers.qsize() > 0 or self._writing
             silent_s = time.monotonic() - self.heard
             if holding and silent_s > STALL_S:
+                with self._ending:
+                    if self._finished.is_set():
+                        return
+                    self._cancelled = True
+                    try:
+                        self.reader.cancel()
+                    except Exception:  # noqa: BLE001 - already over
+                        pass
                 self.answers.put(StreamStalled(
                     f"{self.uri} sent nothing for {silent_s:.0f} s while holding this "
                     "task's batches (its host or the link to it may be down)"))
-                try:
-                    self.reader.cancel()
-                except Exception:  # noqa: BLE001 - already over
-                    pass
                 return
 
     def finish(self) -> None:
@@ -204,13 +210,16 @@ class _Stream:
         does not end the stream within a few seconds, the call is cancelled and left to
         the garbage collector (the thread holds it).
         """
-        self._finished.set()
+        with self._ending:
+            self._finished.set()
         try:
-            if self._begun:
+            if self._begun and not self._cancelled:
                 self.writer.done_writing()
         except Exception:  # the actor may be gone already
             pass
         self._reading.join(timeout=5)
+        if self._cancelled:
+            return  # a cancelled call is left to the garbage collector, like below
         if self._reading.is_alive():
             try:
                 self.reader.cancel()

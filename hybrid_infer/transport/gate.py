@@ -45,6 +45,9 @@ _CHUNK = 1 << 20
 FD_RESERVE = 128
 #: File descriptors one forwarded connection costs in this process.
 FDS_PER_CONNECTION = 3
+#: Connections accepted in one go before any is closed (asyncio's accept loop takes up
+#: to its `backlog` at once): they hold descriptors too.
+ACCEPT_BURST = 16
 
 
 def connection_budget(max_connections: int) -> int:
@@ -54,7 +57,7 @@ def connection_budget(max_connections: int) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return max_connections
-    fitting = max(1, (soft - min(FD_RESERVE, soft // 2)) // FDS_PER_CONNECTION)
+    fitting = max(1, (soft - min(FD_RESERVE, soft // 2) - ACCEPT_BURST) // FDS_PER_CONNECTION)
     if fitting < max_connections:
         log.info("flight gate: at most %d connections (RLIMIT_NOFILE %d), not %d",
                  fitting, soft, max_connections)
@@ -143,7 +146,7 @@ class ConnectionGate:
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(asyncio.start_server(
-            self._serve, sock=self._listener, limit=_CHUNK))
+            self._serve, sock=self._listener, limit=_CHUNK, backlog=ACCEPT_BURST))
         self._loop.create_task(self._reap_idle())
         started.set()
         self._loop.run_forever()
