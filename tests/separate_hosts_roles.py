@@ -59,13 +59,21 @@ def pool_role(ray_address: str) -> None:
             pickle.dump(address, handle)
         return {"manager": address.manager, "actors": list(address.actors)}
 
+    def gpus(seed: int) -> list[dict]:
+        """Each actor's host, Ray GPU ids and CUDA_VISIBLE_DEVICES, from inside it."""
+        def inside(self):
+            return {"gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    "host": ray.util.get_node_ip_address()}
+        return ray.get([actor.__ray_call__.remote(inside) for actor in pools[seed].actors()])
+
     def scale(seed: int, num_actors: int) -> dict:
         return {"actors": len(pools[seed].scale(num_actors))}
 
     def stop(seed: int) -> dict:
         return {"stopped": pools.pop(seed).stop()}
 
-    serve({"start": start, "address": address, "actors": actors, "scale": scale,
+    serve({"start": start, "address": address, "actors": actors, "gpus": gpus, "scale": scale,
            "stop": stop})
 
 

@@ -96,7 +96,8 @@ class Hosts:
         # a temp dir of its own: Ray's "current cluster" file there, not in /tmp/ray
         temp_dir = tempfile.mkdtemp(prefix="ray-hosts-", dir="/tmp")  # short: sockets
         self.cleanups.append(lambda: shutil.rmtree(temp_dir, ignore_errors=True))
-        common = ["--block", "--num-cpus=1", f"--object-store-memory={1 << 29}",
+        # two logical GPUs per pool host (test_logical_gpus...); CPU pools take none
+        common = ["--block", "--num-cpus=1", "--num-gpus=2", f"--object-store-memory={1 << 29}",
                   "--disable-usage-stats", f"--temp-dir={temp_dir}"]
         logs = {name: open(self.work / f"{name}.log", "w") for name in ("head", "worker",
                                                                         "pool", "spark")}
@@ -158,7 +159,7 @@ def start_pool(hosts: Hosts, seed: int, **settings) -> dict:
     return hosts.pool.call("start", seed=seed, address_file=str(
         hosts.work / f"pool-{seed}.pickle"), settings={
         "num_actors": 2, "flight_port_range": list(PORTS), "place_timeout_s": 120,
-        **settings})
+        "device": "cpu", "num_gpus_per_actor": 0, **settings})
 
 
 def assert_every_row_once(rows, count: int) -> None:
@@ -344,3 +345,25 @@ def test_tls_across_hosts(hosts):
         assert plain != "ok" and "Flight" in plain, plain
         print(f"plain-text client refused: {plain[:300]}")
     figures("tls", job_seconds=answer["seconds"], rows=8)
+    hosts.pool.call("stop", seed=seed)
+
+
+def test_logical_gpus_one_actor_each_spread_over_both_hosts_all_serving(hosts):
+    """Two logical GPUs per pool host (Ray's --num-gpus; the actors compute on the CPU):
+    one actor per GPU, each seeing only its own in CUDA_VISIBLE_DEVICES, two per host,
+    and a job's rows reach all four."""
+    seed = SEED + 2
+    start_pool(hosts, seed, num_actors=4, num_gpus_per_actor=1, num_cpus_per_actor=0)
+    inside = hosts.pool.call("gpus", seed=seed)
+    assert all(len(a["gpu_ids"]) == 1 and a["cuda_visible_devices"] == a["gpu_ids"][0]
+               for a in inside), inside
+    per_host: dict[str, set] = {}
+    for actor in inside:
+        per_host.setdefault(actor["host"], set()).add(actor["cuda_visible_devices"])
+    assert per_host == {hosts.ip["pool-a"]: {"0", "1"}, hosts.ip["pool-b"]: {"0", "1"}}
+    answer, rows = hosts.job(40, "gpus", seed=seed)
+    assert_every_row_once(rows, 40)
+    served = hosts.pool.call("actors", seed=seed)["actors"]
+    assert len(served) == 4 and all(a["rows"] > 0 for a in served), served
+    figures("logical_gpus", job_seconds=answer["seconds"], rows=40,
+            rows_per_actor=sorted(a["rows"] for a in served))
