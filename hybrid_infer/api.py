@@ -146,7 +146,8 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         address = running.address()
         stream = dict(address=address, input_col=input_col, id_cols=carried, options=options,
                       rows_per_batch=client.rows_per_batch,
-                      max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s)
+                      max_in_flight=client.max_in_flight, timeout_s=client.batch_timeout_s,
+                      max_row_bytes=job.max_row_bytes)
         if mode == "raydp":
             from hybrid_infer.modes.raydp import run_raydp
 

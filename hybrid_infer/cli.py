@@ -140,6 +140,10 @@ def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
                        help="seconds new actors may take to be placed and load the model "
                             "(raise it when an autoscaler must first add nodes; default: "
                             "%(default)s)")
+    group.add_argument("--flight-port-range", default=None, metavar="FIRST-LAST",
+                       help="ports the pool's Flight servers (its manager, each actor) "
+                            "listen on, e.g. 40000-40099: open only these between Spark "
+                            "and the pool (default: ports the OS picks)")
     group.add_argument("--rows-per-batch", type=int, default=rows_per_batch_default,
                        help="rows a Spark task sends the pool per request; the progress "
                             "line counts answered requests (default: %(default)s)")
@@ -177,6 +181,7 @@ def _pool_settings(args):
                         num_gpus_per_actor=args.num_gpus_per_actor,
                         idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
                         place_timeout_s=args.place_timeout, decode=args.decode,
+                        flight_port_range=args.flight_port_range,
                         rows_per_batch=args.rows_per_batch)
 
 

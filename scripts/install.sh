@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 command -v java >/dev/null || { echo "install.sh: Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+command -v nft >/dev/null || echo "install.sh: note: no nft: tests/test_separate_hosts.py's firewall tests (root, network namespaces) will be skipped, saying so; apt-get install nftables to run them" >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 log=.venv/install.log
 # pip's own chatter goes to the log; it is printed only when an install step fails.

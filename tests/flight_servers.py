@@ -56,7 +56,7 @@ class EchoHandler:
 def start(token: str, delay_s: float = 0.0, **kwargs) -> tuple[FlightService, EchoHandler]:
     handler = EchoHandler(delay_s)
     server = FlightService(handler, token=token, **kwargs)
-    handler.port = server.port
+    handler.port = server.gate.port
     return server, handler
 
 

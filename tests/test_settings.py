@@ -28,7 +28,7 @@ CHANGED = {
     "idle_timeout_s": 5.0, "build_timeout_s": 7.0, "place_timeout_s": 9.0,
     "grow_after_s": 2.0, "shrink_after_s": 20.0,
     "max_in_flight": 4, "batch_timeout_s": 11.0, "rows_per_batch": 13, "plan_lease_s": 15.0,
-    "tls_cert": "pool.crt", "tls_key": "pool.key",
+    "tls_cert": "pool.crt", "tls_key": "pool.key", "flight_port_range": (40000, 40099),
 }
 #: Settings that are only valid together: changing one changes the other too.
 TOGETHER = {"tls_cert": "tls_key", "tls_key": "tls_cert"}

@@ -1,11 +1,13 @@
 """PoolActor: what every pool actor supplies, whatever it serves.
 
-- `serve(token, tls_cert, tls_key)`: start this actor's Arrow Flight service on its
-  node's address (127.0.0.1 in an embedded runtime) and return its URI. The pool's
+- `serve(token, tls_cert, tls_key, port_range)`: start this actor's Arrow Flight
+  service on its node's address (127.0.0.1 in an embedded runtime), on a port of
+  `port_range` when given (PlacementSettings.flight_port_range), and return its URI. The pool's
   manager calls it right after the actor loaded its model; Spark tasks then stream
   batches to that URI (transport/client.py) without Ray. A replacement manager that
-  adopts this actor calls it again with its own token: the service then accepts both,
-  so the jobs still streaming with the old manager's token go on.
+  adopts this actor calls it again with its own token: the service then accepts both
+  (its latest two managers' tokens), so the jobs still streaming with the old
+  manager's token go on.
 - `serve_batch(batch, options)`: one request batch -> one result batch; by default
   `self.infer(batch, options)`, the subclass's entry point.
 - `ping()`, and `status()`: the fields every actor reports plus the subclass's `stats()`.
@@ -29,15 +31,16 @@ class PoolActor:
     _service = None
     _job_row_counter = None
 
-    def serve(self, token: str, tls_cert: str | None = None,
-              tls_key: str | None = None) -> str:
+    def serve(self, token: str, tls_cert: str | None = None, tls_key: str | None = None,
+              port_range: tuple[int, int] | None = None) -> str:
         from hybrid_infer.transport.server import FlightService
 
         if self._service is None:
             self._job_row_counter = JobRowCounter()  # before the first stream can arrive
             self._service = FlightService(self._stream_handler, token=token,
-                                          host=node_address(), tls_cert=tls_cert,
-                                          tls_key=tls_key)
+                                          host=node_address(), port_range=port_range,
+                                          tls_cert=tls_cert, tls_key=tls_key,
+                                          stream_kinds=("infer",))
         else:
             self._service.accept_token(token)
         return self._service.uri

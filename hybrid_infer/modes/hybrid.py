@@ -17,13 +17,14 @@ from hybrid_infer.transport.protocol import PoolAddress, dumps_options, encode_h
 
 def run_hybrid(df, *, address: PoolAddress, input_col: str, id_cols: list[str],
                options, rows_per_batch: int = 64, max_in_flight: int = 2,
-               timeout_s: float = 600.0):
+               timeout_s: float = 600.0, max_row_bytes: int | None = None):
     """df -> DataFrame(id_cols..., prediction, error[, top_k]) through the pool at `address`."""
     id_schema = df.select(*id_cols).schema
     out_ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in id_schema.fields)
     result_ddl = result_spark_ddl(options.top_k, options.class_names is not None)
     out_ddl = (out_ddl + ", " if out_ddl else "") + result_ddl
-    header = encode_header("infer", dumps_options(options))  # once, on the driver
+    # once, on the driver; actors refuse a request batch over its rows x max_row_bytes
+    header = encode_header("infer", dumps_options(options), max_row_bytes=max_row_bytes)
 
     def infer_partition(batches):
         from hybrid_infer.transport.client import PoolClient

@@ -38,7 +38,8 @@ def is_raydp_session(spark) -> bool:
 
 
 def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], options,
-              rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0):
+              rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0,
+              max_row_bytes: int | None = None):
     import ray
 
     spark = df.sparkSession
@@ -47,7 +48,8 @@ def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], o
             "mode='raydp' needs a DataFrame of a RayDP Spark session (Spark on Ray): start "
             "it with hybrid_infer.runtime.start_raydp_spark() in a process that has not "
             "started a plain Spark session, or use mode='hybrid' on this session")
-    header = encode_header("infer", dumps_options(options))  # once, on the driver
+    # once, on the driver; actors refuse a request batch over its rows x max_row_bytes
+    header = encode_header("infer", dumps_options(options), max_row_bytes=max_row_bytes)
 
     def infer_block(table: pa.Table) -> pa.Table:
         from hybrid_infer.transport.client import PoolClient

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from hybrid_infer.pool.leases import LeaseRefused
+
 
 def serve_entry(manager, token: str):
     """Start the Flight service of `manager` (a PoolManager) on its node's address,
@@ -28,14 +30,17 @@ def serve_entry(manager, token: str):
 
     def lease(body: bytes) -> bytes:
         asked = json.loads(body)
+        if not isinstance(asked, dict):
+            raise LeaseRefused("a lease request is a JSON object (transport/lease.py)")
         if asked.get("release"):
-            manager.release_lease(asked["id"])
-        else:
-            manager.hold_lease(asked["id"], float(asked["ttl_s"]))
+            manager.release_lease(asked.get("id"))
+        else:  # the lease book validates the id and the time to live
+            manager.hold_lease(asked.get("id"), asked.get("ttl_s"))
         return json.dumps({"leases": manager.active_leases(),
                            "actors": manager.uris()}).encode()
 
     settings = manager.actor_settings
     return FlightService(None, token=token, host=node_address(),
+                         port_range=manager.placement.flight_port_range,
                          tls_cert=settings.tls_cert, tls_key=settings.tls_key,
                          actions={"endpoints": endpoints, "lease": lease}, max_workers=4)

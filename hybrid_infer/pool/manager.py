@@ -44,6 +44,7 @@ from hybrid_infer.pool.placing import Placing
 from hybrid_infer.pool.scaling import IdlePolicy, LoadPolicy
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.pool.weights_copy import WeightsCopy
+from hybrid_infer.transport.probe import silent_servers
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,15 @@ class PoolManager(ControlLoop, Placing):
             started = time.perf_counter()
             members = self._set.members()
             pings = [(member, member.actor.ping.remote()) for member in members]
+            # a live process whose Flight server accepts nobody serves no task either
+            silent = silent_servers(self.address(), self._set.uris())
             lost = []
             for member, ping in pings:
                 try:
                     ray.get(ping, timeout=PING_TIMEOUT_S)
+                    why = silent.get(member.uri)
+                    if why:
+                        raise ConnectionError(f"its Flight server does not answer ({why})")
                 except Exception as exc:
                     self._replaced += 1
                     lost.append(member)

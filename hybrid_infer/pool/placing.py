@@ -54,7 +54,9 @@ class Placing:
                in zip(self._free_indices(count), self._node_plan(count, per_actor))]
         settings = self.actor_settings
         pending = {member.actor.serve.remote(self._token, settings.tls_cert,
-                                             settings.tls_key): member for member in new}
+                                             settings.tls_key,
+                                             self.placement.flight_port_range): member
+                   for member in new}
         timeout = self.placement.place_timeout_s
         deadline = time.monotonic() + timeout
         next_report = time.monotonic() + 30.0

@@ -25,6 +25,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from hybrid_infer.errors import ConfigurationError
+from hybrid_infer.transport.gate import parse_port_range
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -193,6 +194,10 @@ class PlacementSettings:
     busy this long while a job holds a lease (pool/scaling.py).
     shrink_after_s: a pool grown past num_actors gives one actor back once its load
     stayed low this long.
+    flight_port_range: (first, last), or "first-last": the ports the pool's Flight
+    servers (its manager, each actor) listen on, so that a firewall between Spark and
+    the pool opens only these; each host needs one port per pool server it runs. None:
+    ports the OS picks. A server finding every port taken fails naming the range.
     """
 
     num_actors: int | None = None
@@ -205,8 +210,11 @@ class PlacementSettings:
     place_timeout_s: float = 300.0
     grow_after_s: float = 6.0
     shrink_after_s: float = 60.0
+    flight_port_range: tuple[int, int] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "flight_port_range",
+                           parse_port_range(self.flight_port_range))
         _at_least(self, 1, "num_actors", "max_actors", optional=True)
         _at_least(self, 0, "min_actors", "idle_timeout_s")
         _at_least(self, 0, "num_cpus_per_actor", "num_gpus_per_actor", optional=True)

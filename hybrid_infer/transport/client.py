@@ -15,6 +15,10 @@ from the pool.
   background for a fresh endpoint list (it replaces dead actors first); with no live
   actor left the client waits for that list.
 - An address that does not answer fails within `connect_timeout_s`, naming it.
+- A stream that goes silent while an actor holds its batches (the actor's host or
+  link went down: TCP says nothing for minutes) is given up after `STALL_S` without
+  a byte (servers send a heartbeat every second while they hold a batch), and its
+  batches are resent like a dead actor's.
 - While it maps, the client holds a lease on the pool (transport/lease.py), so the
   manager does not scale the pool down under a running job. Each lease renewal
   brings the pool's actor list: actors it grew get batches from then on, and retired
@@ -33,6 +37,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,11 +48,20 @@ import pyarrow.flight as flight
 
 from hybrid_infer.errors import PoolError
 from hybrid_infer.transport.lease import LeaseKeeper
-from hybrid_infer.transport.protocol import AUTH_HEADER, PoolAddress, bearer, rebuild_app_error
+from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, PoolAddress, bearer,
+                                             rebuild_app_error)
 
 log = logging.getLogger(__name__)
 
 _END = object()
+#: A stream holding batches that hears nothing for this long counts as lost (servers
+#: send a heartbeat every second; 5 s lets a job with no live actor fail within 10 s:
+#: this, then connect_timeout_s asking the manager).
+STALL_S = 5.0
+
+
+class StreamStalled(ConnectionError):
+    """A stream's actor fell silent (no heartbeat) while holding its batches."""
 
 
 @dataclass(eq=False)
@@ -128,12 +142,23 @@ class _Stream:
         self._begun = False
         self._reading = threading.Thread(target=self._read, daemon=True, name="flight-answers")
         self._reading.start()
+        self.heard = time.monotonic()  # the last byte from the actor, or the last send
+        self._writing = False
+        self._finished = threading.Event()
+        self._cancelled = False  # by _watch: no write may follow (gRPC aborts)
+        self._ending = threading.Lock()  # cancel and finish never overlap
+        threading.Thread(target=self._watch, daemon=True, name="flight-watch").start()
 
     def send(self, item: _Item) -> None:
         if not self._begun:
             self.writer.begin(item.batch.schema)
             self._begun = True
-        self.writer.write_batch(item.batch)
+        self._writing = True
+        try:
+            self.writer.write_batch(item.batch)
+        finally:
+            self._writing = False
+            self.heard = time.monotonic()
         item.stream = self
         self.pending.append(item)
 
@@ -145,9 +170,13 @@ class _Stream:
         try:
             while True:
                 chunk = self.reader.read_chunk()
+                self.heard = time.monotonic()
+                metadata = (chunk.app_metadata.to_pybytes()
+                            if chunk.app_metadata is not None else None)
+                if chunk.data is None and metadata == HEARTBEAT:
+                    continue
                 if chunk.data is None:  # the served code failed: its error, as metadata
-                    app = rebuild_app_error(chunk.app_metadata.to_pybytes()
-                                            if chunk.app_metadata is not None else None)
+                    app = rebuild_app_error(metadata)
                     self.answers.put(app or RuntimeError("empty answer from the pool"))
                     return
                 self.answers.put(chunk.data)
@@ -156,6 +185,26 @@ class _Stream:
         except BaseException as exc:  # noqa: BLE001 - handed to the task's thread
             self.answers.put(exc)
 
+    def _watch(self) -> None:
+        """Give the stream up when the actor holds batches (or a write is stuck) and
+        nothing came for STALL_S: cancelling the call unblocks a stuck write."""
+        while not self._finished.wait(1.0):
+            holding = len(self.pending) - self.answers.qsize() > 0 or self._writing
+            silent_s = time.monotonic() - self.heard
+            if holding and silent_s > STALL_S:
+                with self._ending:
+                    if self._finished.is_set():
+                        return
+                    self._cancelled = True
+                    try:
+                        self.reader.cancel()
+                    except Exception:  # noqa: BLE001 - already over
+                        pass
+                self.answers.put(StreamStalled(
+                    f"{self.uri} sent nothing for {silent_s:.0f} s while holding this "
+                    "task's batches (its host or the link to it may be down)"))
+                return
+
     def finish(self) -> None:
         """Tell the actor this stream is done and release it.
 
@@ -163,12 +212,16 @@ class _Stream:
         does not end the stream within a few seconds, the call is cancelled and left to
         the garbage collector (the thread holds it).
         """
+        with self._ending:
+            self._finished.set()
         try:
-            if self._begun:
+            if self._begun and not self._cancelled:
                 self.writer.done_writing()
         except Exception:  # the actor may be gone already
             pass
         self._reading.join(timeout=5)
+        if self._cancelled:
+            return  # a cancelled call is left to the garbage collector, like below
         if self._reading.is_alive():
             try:
                 self.reader.cancel()
@@ -333,7 +386,9 @@ class PoolClient:
                 "DataFrame built before the pool stopped keeps the old pool's address): "
                 "that starts a new "
                 "manager, which adopts the pool's live actors or starts new ones (or "
-                "hybrid-infer pool start)") from None
+                "hybrid-infer pool start). If the pool runs, a firewall between this host "
+                "and the pool's may drop its ports: open the pool's flight_port_range "
+                "(README: Ports to open)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:

@@ -22,6 +22,8 @@ import pyarrow as pa
 AUTH_HEADER = "authorization"
 #: marks FlightServerError.extra_info of an error raised by the served code itself
 APP_ERROR = b"hybrid_infer-app-error:"
+#: a stream's metadata-only message: "still computing your batches" (every second)
+HEARTBEAT = b"hybrid_infer-heartbeat"
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,49 @@ def bearer(token: str) -> bytes:
     return f"Bearer {token}".encode()
 
 
-def encode_header(kind: str, options_blob: bytes = b"") -> bytes:
-    """A stream's descriptor: what the stream serves and the job's options (once)."""
-    return json.dumps({"kind": kind}).encode() + b"\n" + options_blob
+#: The largest request message a server takes (Arrow's binary columns end at 2 GiB).
+MAX_MESSAGE_BYTES = 2**31 - 1
+#: The most a header (its JSON part and the job's pickled options) may weigh.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
-def decode_header(command: bytes) -> tuple[str, bytes]:
+@dataclass(frozen=True)
+class StreamHeader:
+    kind: str
+    #: each request row's bytes stay below this (the job's max_row_bytes): a larger
+    #: request batch is refused (None: only MAX_MESSAGE_BYTES bounds it)
+    max_row_bytes: int | None
+    options_blob: bytes
+
+
+def encode_header(kind: str, options_blob: bytes = b"", *,
+                  max_row_bytes: int | None = None) -> bytes:
+    """A stream's descriptor: what the stream serves, the job's max_row_bytes and the
+    job's options (once)."""
+    head = {"kind": kind}
+    if max_row_bytes is not None:
+        head["max_row_bytes"] = int(max_row_bytes)
+    return json.dumps(head).encode() + b"\n" + options_blob
+
+
+def decode_header(command: bytes) -> StreamHeader:
+    """The header's parts; ValueError (with no traceback worth sending) when malformed."""
+    if len(command) > MAX_HEADER_BYTES:
+        raise ValueError(f"a stream header of {len(command)} bytes is over "
+                         f"{MAX_HEADER_BYTES} bytes")
     head, _, blob = command.partition(b"\n")
-    return json.loads(head)["kind"], blob
+    try:
+        fields = json.loads(head)
+        kind = fields["kind"]
+        max_row_bytes = fields.get("max_row_bytes")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ValueError("malformed stream header: expected a JSON object with 'kind', "
+                         "a newline, then the job's options") from None
+    if not isinstance(kind, str) or not (max_row_bytes is None or (
+            type(max_row_bytes) is int and max_row_bytes > 0)):
+        raise ValueError("malformed stream header: 'kind' must be a string and "
+                         "'max_row_bytes' a positive whole number")
+    return StreamHeader(kind, max_row_bytes, blob)
 
 
 def dumps_options(options) -> bytes:
