@@ -17,7 +17,7 @@ import pytest
 from hybrid_infer.bench import harness, report
 from hybrid_infer.bench.config import CONTENDERS, Contender, parse_args
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import REPO
 
 
 def _logits(n=4, seed=0):

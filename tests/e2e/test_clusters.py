@@ -19,11 +19,12 @@ import pytest
 
 from cluster_fixtures import (node_env, spark_submit_argv, start_ray_cluster,
                               start_spark_standalone)
-from conftest import assert_matches, free_port
+from predictions import assert_matches
+from runtime_env import free_port
 
 pytestmark = pytest.mark.slow
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+from paths import SUPPORT as TESTS
 NODES = ["node_a", "node_b"]
 
 

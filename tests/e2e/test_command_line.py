@@ -16,24 +16,9 @@ import time
 
 import pytest
 
+from command_line import cli, home_env
 from faults import SMALL_MODEL, rgb_jpeg
-
-CLI = [sys.executable, "-m", "hybrid_infer.cli"]
-
-
-def clean_env(home, **extra) -> dict:
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
-    for name in ("JAVA_HOME", "TMPDIR"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(extra)
-    assert not [k for k in env if k.startswith("RAY_") and k not in extra]
-    return env
-
-
-def cli(home, *args, timeout=120, **env):
-    return subprocess.run(CLI + list(args), capture_output=True, text=True,
-                          timeout=timeout, env=clean_env(home, **env))
+from paths import REPO
 
 
 def digest_tree(root) -> dict:
@@ -135,7 +120,7 @@ def test_engine_output_detection():
 
 # -- against a Ray cluster with token authentication (conftest's head) ----------------
 def test_token_auth_at_an_explicit_address(tmp_path, ray_address):
-    from conftest import RAY_ENV
+    from runtime_env import RAY_ENV
 
     started = time.perf_counter()
     refused = cli(tmp_path, "pool", "status", "--ray-address", ray_address)
@@ -163,7 +148,7 @@ def test_ray_address_json_summary_failed_rows_and_reruns(tmp_path, photos, ray_a
     """`ray job submit -- hybrid-infer run` sets RAY_ADDRESS: the job joins that cluster
     (its pool is there afterwards). A job with a bad row exits 3; --json prints one JSON
     object; a rerun may replace the engine's own output."""
-    from conftest import RAY_ENV
+    from runtime_env import RAY_ENV
 
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     output = tmp_path / "predictions"
@@ -206,9 +191,9 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
 
     import psutil
 
-    from conftest import free_port
+    from runtime_env import free_port
 
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    with open(os.path.join(REPO,
                            "README.md")) as handle:
         (line,) = [ln for ln in handle if re.match(r"\S+=\S+ ray start --head .*127\.0\.0\.1", ln)]
     words = shlex.split(line.split("#")[0])
@@ -224,7 +209,7 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
     head = subprocess.Popen(
         [ray_bin, *argv[1:], f"--port={port}", f"--ray-client-server-port={free_port()}",
          "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        env=clean_env(tmp_path, **dict(w.split("=", 1) for w in env_words),
+        env=home_env(tmp_path, **dict(w.split("=", 1) for w in env_words),
                       RAY_AUTH_MODE="disabled"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

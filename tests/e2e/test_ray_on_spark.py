@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster_fixtures import WORKTREE, node_env, spark_submit_argv, start_spark_standalone
-from conftest import TEST_MODEL, assert_matches, free_port
+from predictions import TEST_MODEL, assert_matches
+from runtime_env import free_port
 
 pytestmark = pytest.mark.slow
 

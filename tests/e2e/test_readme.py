@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import REPO
 README = os.path.join(REPO, "README.md")
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 VENV_BIN = os.path.dirname(sys.executable)

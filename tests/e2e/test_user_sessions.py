@@ -17,9 +17,10 @@ import time
 
 import pytest
 
-from conftest import clean_env
+from paths import TESTS
+from runtime_env import clean_env
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(TESTS, "integration")  # test_predict_batch_udf.py, imported by a script
 BIN = os.path.dirname(sys.executable)
 
 

@@ -19,7 +19,7 @@ from hybrid_infer.errors import from_spark
 from hybrid_infer.job import _reason_kind
 from hybrid_infer.models import ModelSpec
 
-from conftest import RAY_ENV
+from runtime_env import RAY_ENV
 from faults import (GIF_FRAME_COLOURS, SMALL_BATCH, SMALL_MODEL, TEST_MAX_PIXELS,
                     assert_rows_exactly, gradient, images_frame, make_samples,
                     reference_rows, sixteen_bit_png, small_jpegs, small_preprocess,

@@ -27,7 +27,8 @@ from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.orphans import taken_indices
 from hybrid_infer.pool.registry import Pool
 
-from conftest import RAY_ENV, start_ray_head
+from paths import SUPPORT
+from runtime_env import RAY_ENV, start_ray_head
 from faults import (SMALL_MODEL, PoolChaos, assert_rows_exactly, bad_samples, images_frame,
                     kill_and_wait, named_actor_statuses, reference_rows, small_jpegs,
                     small_preprocess, small_settings)
@@ -222,7 +223,7 @@ def kill_process_group(head: subprocess.Popen) -> int:
 @pytest.mark.timeout(900)
 def test_ray_head_death_mid_job_fails_the_driver_with_a_clear_error(tmp_path):
     head, address = start_ray_head(tmp_path / "ray_start.log", num_cpus=4)
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = SUPPORT  # the helpers the driver imports
     driver = subprocess.Popen(
         [sys.executable, "-c", HEAD_DEATH_DRIVER, address, tests_dir],
         stdout=subprocess.PIPE, stderr=open(tmp_path / "driver.err", "w"), text=True,

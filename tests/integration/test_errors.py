@@ -18,7 +18,7 @@ from hybrid_infer.errors import (
     from_spark,
 )
 
-from conftest import TEST_MODEL
+from predictions import TEST_MODEL
 
 TRACE = """An exception was thrown from the Python worker. Please see the stack trace below.
 Traceback (most recent call last):

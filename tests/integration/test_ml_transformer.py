@@ -14,7 +14,8 @@ from pyspark.ml.feature import SQLTransformer
 from hybrid_infer.ml import HybridInferenceModel
 from hybrid_infer.pool.registry import Pool
 
-from conftest import RAY_ENV, TEST_BATCH, TEST_MODEL, assert_matches, local_path
+from predictions import TEST_BATCH, TEST_MODEL, assert_matches, local_path
+from runtime_env import RAY_ENV
 
 
 def test_transformer_in_pipeline_saved_and_loaded_in_fresh_session(

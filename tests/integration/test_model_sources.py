@@ -19,7 +19,7 @@ from hybrid_infer.models import (ExportedProgramSpec, FactorySpec, MLflowSpec, M
 from hybrid_infer.pool.registry import Pool
 from hybrid_infer.weights import weights_digest
 
-from conftest import assert_matches
+from predictions import assert_matches
 
 FACTORY = "torchvision.models:resnet18"
 KWARGS = {"num_classes": 10}

@@ -16,7 +16,7 @@ from hybrid_infer.actor.runner import ModelRunner
 from hybrid_infer.pool.settings import PoolKey, PoolSettings
 from hybrid_infer.weights import module_from_arrays, state_dict_to_arrays, weights_digest
 
-from conftest import TEST_BATCH, TEST_MODEL, assert_matches
+from predictions import TEST_BATCH, TEST_MODEL, assert_matches
 
 
 def _key(settings: PoolSettings) -> PoolKey:

@@ -12,7 +12,7 @@ from hybrid_infer import PoolSettings, Preprocess, infer
 from hybrid_infer.errors import ModelError
 from hybrid_infer.models import FactorySpec
 
-from conftest import local_path
+from predictions import local_path
 
 CLASSES = tuple(f"class-{i}" for i in range(10))
 SPEC = FactorySpec("torchvision.models:resnet18", kwargs={"num_classes": 10}, seed=5,

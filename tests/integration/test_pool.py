@@ -16,7 +16,8 @@ from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.registry import Pool
 from hybrid_infer.pool.settings import PoolSettings
 
-from conftest import RAY_ENV, TEST_BATCH, TEST_MODEL, assert_matches
+from predictions import TEST_BATCH, TEST_MODEL, assert_matches
+from runtime_env import RAY_ENV
 
 
 @pytest.fixture(scope="module")

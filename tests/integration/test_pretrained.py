@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import local_path
+from predictions import local_path
 from hybrid_infer.errors import ModelError
 from hybrid_infer.models import (TORCHVISION_MODELS, ModelSpec, RandomWeightsWarning,
                                  model_spec)

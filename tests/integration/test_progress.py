@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from faults import SMALL_MODEL, images_frame, small_jpegs, small_preprocess, small_settings
-from test_cli_conventions import cli
+from command_line import cli
 
 PROGRESS_LINE = re.compile(r"^rows (\d+)/(\d+) \(\d+%\)  .* images/s  elapsed \S+  ETA \S+$")
 

@@ -29,7 +29,8 @@ from hybrid_infer.pool.registry import Pool
 from hybrid_infer.pool.settings import PoolKey
 from hybrid_infer.runtime import NAMESPACE
 
-from conftest import RAY_ENV, free_port
+from paths import SUPPORT
+from runtime_env import RAY_ENV, free_port
 from faults import (SMALL_MODEL, ActorKiller, actor_pids, assert_rows_exactly, bad_samples,
                     images_frame, reference_rows, rgb_jpeg, small_jpegs,
                     small_preprocess, small_settings, wait_recovered)
@@ -264,7 +265,7 @@ def test_a_retried_spark_task_writes_no_duplicates_and_loses_no_row(tmp_path, ra
 
     output, markers = tmp_path / "out", tmp_path / "markers"
     markers.mkdir()
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = SUPPORT  # the helpers the driver imports
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", RETRY_DRIVER, ray_address, str(output),
                            str(markers), tests_dir], capture_output=True, text=True,

@@ -23,7 +23,7 @@ from hybrid_infer.row_limits import (DEFAULT_MAX_ROW_BYTES, REFUSAL_COL, oversiz
                                      refuse_oversized)
 from hybrid_infer.sources import read_images
 
-from conftest import RAY_ENV
+from runtime_env import RAY_ENV
 from faults import (SMALL_MODEL, assert_rows_exactly, images_frame, reference_rows, rgb_jpeg,
                     small_preprocess, small_settings)
 

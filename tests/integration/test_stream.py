@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import TEST_BATCH, TEST_MODEL, local_path
+from predictions import TEST_BATCH, TEST_MODEL, local_path
 from hybrid_infer.demo_data import generate_jpegs
 from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.settings import PoolSettings
@@ -111,7 +111,7 @@ def test_a_stream_killed_between_waves_resumes_with_every_file_exactly_once(
             "--batch-size", str(TEST_BATCH), "--num-actors", "1", "--trigger-seconds", "1"]
     # A clean environment: what a user's shell holds, plus the Ray cluster's token
     # (a driver joining a token-auth cluster needs it).
-    from conftest import RAY_ENV
+    from runtime_env import RAY_ENV
 
     env = {name: os.environ[name] for name in ("PATH", "HOME", "JAVA_HOME")
            if name in os.environ}

@@ -14,7 +14,7 @@ from hybrid_infer import infer
 from hybrid_infer.errors import InputError, ModelError
 from hybrid_infer.models import ModelSpec
 
-from conftest import TEST_BATCH, TEST_MODEL, assert_matches, local_path, reference_logits
+from predictions import TEST_BATCH, TEST_MODEL, assert_matches, local_path, reference_logits
 
 CLI = [sys.executable, "-m", "hybrid_infer.cli"]
 

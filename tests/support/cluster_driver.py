@@ -16,7 +16,7 @@ import json
 import urllib.request
 
 from actor_probes import first_param_location, probe, weight_storage
-from conftest import TEST_BATCH, TEST_MODEL
+from predictions import TEST_BATCH, TEST_MODEL
 
 
 def pool_settings(num_actors: int | None):

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import pyspark
 
-from conftest import RAY_ENV, free_port
+from runtime_env import RAY_ENV, free_port
 from hybrid_infer.runtime import spark_conf_for_java17
 
 VENV_BIN = os.path.dirname(sys.executable)
 SPARK_HOME = os.path.dirname(pyspark.__file__)
-TESTS = os.path.dirname(os.path.abspath(__file__))
-WORKTREE = os.path.dirname(TESTS)
+from paths import SUPPORT as TESTS
+from paths import REPO as WORKTREE
 
 
 def node_env(**extra: str) -> dict[str, str]:

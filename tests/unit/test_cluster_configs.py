@@ -22,7 +22,7 @@ import yaml
 from hybrid_infer.cli import build_parser
 from hybrid_infer.runtime import JAVA17_OPTIONS_STR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import REPO as ROOT
 CONFIGS = os.path.join(ROOT, "cluster_configs")
 K8S = os.path.join(CONFIGS, "kubernetes")
 
@@ -130,7 +130,7 @@ def test_raycluster_gpu_workers_match_their_ray_resources():
 
 
 # -- the Kubernetes manifests against their operators' own schemas --------------
-SCHEMAS = os.path.join(ROOT, "tests", "schemas")
+SCHEMAS = os.path.join(ROOT, "tests", "support", "schemas")
 
 
 def crd_validator(name: str):

@@ -24,7 +24,7 @@ from hybrid_infer.models import ModelSpec
 from hybrid_infer.pool.settings import ActorSettings, PoolSettings
 from hybrid_infer.weights import state_dict_to_arrays
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import REPO as ROOT
 
 
 def _jpeg(image: Image.Image, **save) -> bytes:

@@ -24,7 +24,7 @@ from hybrid_infer.transport.server import FlightService
 import flight_servers
 
 TOKEN = "t0ken-for-tests"
-HERE = os.path.dirname(os.path.abspath(__file__))
+from paths import SUPPORT as HERE
 
 
 def batches(n: int, rows: int = 3):
