@@ -43,19 +43,6 @@ def test_hybrid_equals_direct_pytorch(images_df, expected, ray_address, warm_poo
     assert_matches(rows, expected)
 
 
-def test_rebatching_fills_model_batches(images_df, ray_address, warm_pool, pool_settings):
-    before = warm_pool.status()
-    infer(images_df.coalesce(1), TEST_MODEL, weights="random",
-          pool=pool_settings, ray_address=ray_address,
-          rows_per_batch=3).collect()
-    after = warm_pool.status()
-    rows = after["rows"] - before["rows"]
-    batches = after["batches"] - before["batches"]
-    assert rows == images_df.count()
-    # 24 rows sent 3 at a time: without re-batching that is 8 forward passes.
-    assert batches < rows // 3, (rows, batches)
-
-
 def test_weights_live_once_in_the_object_store(warm_pool):
     from actor_probes import probe, weight_storage
 
