@@ -123,3 +123,11 @@ def stop_new_pools(ray_address):
     yield
     for name in set(Pool.names()) - before:
         Pool.get(name).stop()
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> str:
+    """The package's wheel, built once per session (support/package_wheel.py)."""
+    from package_wheel import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

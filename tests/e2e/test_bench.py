@@ -136,25 +136,7 @@ def test_a_contender_that_hangs_silently_is_killed_at_its_timeout(tmp_path, monk
     assert _gone(child), "the contender's own child outlived the deadline"
 
 
-def _build_wheel(tmp_path) -> str:
-    """The wheel pip builds from a copy of the sources (an in-tree build leaves build/)."""
-    import shutil
-
-    source = tmp_path / "src"
-    shutil.copytree(os.path.join(REPO, "hybrid_infer"), source / "hybrid_infer",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in os.listdir(REPO):
-        if name in ("pyproject.toml", "README.md") or name.startswith("LICENSE"):
-            shutil.copy(os.path.join(REPO, name), source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True,
-                   capture_output=True, timeout=300)
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
-    return str(wheel)
-
-
-def test_bench_runs_from_an_installed_wheel_outside_the_checkout(tmp_path):
-    wheel = _build_wheel(tmp_path)
+def test_bench_runs_from_an_installed_wheel_outside_the_checkout(tmp_path, wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names
