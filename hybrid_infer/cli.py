@@ -12,8 +12,11 @@ import json
 import os
 import sys
 
+from hybrid_infer.cli_options import (add_dataclass_options, dataclass_values,
+                                      non_negative_int, positive_int, positive_seconds,
+                                      with_option_names)
 from hybrid_infer.errors import HybridInferError
-from hybrid_infer.pool.settings import ClientSettings, PlacementSettings
+from hybrid_infer.pool.settings import DECODES, DEVICES, OPTIMIZATIONS, PARTS, PRECISIONS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
@@ -66,80 +69,29 @@ def _add_model_options(parser, *, weights_default=None):
 def _add_row_limit_option(parser):
     from hybrid_infer.row_limits import DEFAULT_MAX_ROW_BYTES
 
-    parser.add_argument("--max-row-bytes", type=_positive_int, default=DEFAULT_MAX_ROW_BYTES,
+    parser.add_argument("--max-row-bytes", type=positive_int, default=DEFAULT_MAX_ROW_BYTES,
                         help="a value (file or column value) over this many bytes is not "
                              "read into Python: its row gets a 'value too large' error "
                              "(default: %(default)s, 64 MiB)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-_PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
-_CLIENT = ClientSettings()
 #: The demo's requests are small, so that its 64 images show progress as they go.
 DEMO_ROWS_PER_BATCH = 8
 
 
-def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
-    group = parser.add_argument_group("pool")
-    group.add_argument("--batch-size", type=int, default=None,
-                       help="rows each actor computes at once, shared by its streams "
-                            "(default: 32 on CPU, 256 on a GPU)")
-    group.add_argument("--torch-threads", type=int, default=None,
-                       help="torch threads per actor (default: the CPUs each actor gets "
-                            "from Ray, --num-cpus-per-actor rounded up)")
-    group.add_argument("--streams", type=int, default=None,
-                       help="model threads per actor, each on torch-threads/streams "
-                            "threads (default: one per torch thread on CPU, one on GPU)")
-    group.add_argument("--num-actors", type=int, default=None,
-                       help="actors in the pool, and what it scales back up to when work "
-                            "arrives (default: one per GPU, else one)")
-    group.add_argument("--min-actors", type=int, default=_PLACEMENT.min_actors,
-                       help="actors an idle pool keeps (default: %(default)s: an idle pool "
-                            "frees every actor and scales up again for the next job)")
-    group.add_argument("--max-actors", type=int, default=None,
-                       help="the most actors the pool may have (default: no bound)")
-    group.add_argument("--num-cpus-per-actor", type=float,
-                       default=_PLACEMENT.num_cpus_per_actor,
-                       help="CPUs Ray reserves for each actor (default: %(default)s)")
-    group.add_argument("--num-gpus-per-actor", type=float, default=None,
-                       help="GPUs Ray reserves for each actor, may be fractional (default: "
-                            "1 with --device cuda, even before a GPU node exists; with "
-                            "auto, 1 if the cluster has GPUs at pool start, else 0)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="cuda: every actor asks Ray for a GPU (an autoscaler can add "
-                            "GPU nodes); auto: a GPU when the cluster has some at pool "
-                            "start, else CPU (default: %(default)s)")
-    group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                       help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="channels_last memory format (default: on a GPU only)")
-    group.add_argument("--decode", default="auto", choices=["auto", "gpu", "cpu"],
-                       help="where images are decoded: gpu (nvJPEG, batched), cpu (PIL), "
-                            "auto: the GPU when the actor has one (default)")
-    group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
-                       help="one-time model optimisation paid at pool start (default: none)")
-    group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
-                       help="seconds without work and without a running job before the "
-                            "pool scales down to --min-actors (0: never; "
-                            "default: %(default)s)")
-    group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
-                       help="seconds building the weights may take at pool start")
-    group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
-                       help="seconds new actors may take to be placed and load the model "
-                            "(raise it when an autoscaler must first add nodes; default: "
-                            "%(default)s)")
-    group.add_argument("--rows-per-batch", type=int, default=rows_per_batch_default,
-                       help="rows a Spark task sends the pool per request; the progress "
-                            "line counts answered requests (default: %(default)s)")
+#: Pool settings that take one of a fixed set of values.
+POOL_CHOICES = {"device": DEVICES, "precision": PRECISIONS, "optimize": OPTIMIZATIONS,
+                "decode": DECODES}
+
+
+def _add_pool_options(parser, **defaults):
+    """One option per field of the pool's settings (hybrid_infer.pool.settings), with
+    its help and default from there; `defaults` overrides some for one command."""
+    group = parser.add_argument_group(
+        "pool (PoolSettings: actor, placement and client settings)")
+    for part in PARTS.values():
+        add_dataclass_options(group, part, choices=POOL_CHOICES, defaults=defaults)
+    parser.set_defaults(has_pool_options=True)  # main() builds the settings before starting
 
 
 def _add_console_options(parser, *, default=argparse.SUPPRESS):
@@ -150,31 +102,22 @@ def _add_console_options(parser, *, default=argparse.SUPPRESS):
                              "they go to a log file, which the summary names)")
 
 
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
 def _add_progress_options(parser):
-    parser.add_argument("--progress-interval", type=_positive_seconds, default=None,
+    parser.add_argument("--progress-interval", type=positive_seconds, default=None,
                         help="seconds between progress updates on stderr (default: 2)")
 
 
 def _pool_settings(args):
+    """The PoolSettings the command line gives; a value its checks refuse is a usage
+    error that names the option."""
+    from hybrid_infer.errors import ConfigurationError
     from hybrid_infer.pool.settings import PoolSettings
 
-    return PoolSettings(num_actors=args.num_actors, min_actors=args.min_actors,
-                        max_actors=args.max_actors, batch_size=args.batch_size,
-                        device=args.device, precision=args.precision,
-                        channels_last=args.channels_last, optimize=args.optimize,
-                        torch_threads=args.torch_threads, streams=args.streams,
-                        num_cpus_per_actor=args.num_cpus_per_actor,
-                        num_gpus_per_actor=args.num_gpus_per_actor,
-                        idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
-                        place_timeout_s=args.place_timeout, decode=args.decode,
-                        rows_per_batch=args.rows_per_batch)
+    try:
+        return PoolSettings(**{name: value for part in PARTS.values()
+                               for name, value in dataclass_values(args, part).items()})
+    except ConfigurationError as exc:
+        raise UsageError(with_option_names(str(exc), *PARTS.values())) from exc
 
 
 def _model_spec(args):
@@ -203,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="generate images and run the default job end to end",
                                description="Generate demo JPEGs, run a real model over them on "
                                            "the embedded Spark + Ray, and write Parquet.")
-    demo.add_argument("--images", type=int, default=64, help="how many demo JPEGs")
+    demo.add_argument("--images", type=positive_int, default=64, help="how many demo JPEGs")
     demo.add_argument("--workdir", default="demo_output",
                       help="where the images and predictions go (default: %(default)s)")
     demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
@@ -211,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_options(demo)
     _add_console_options(demo)
     _add_model_options(demo, weights_default="random")  # offline: no model hub to fetch from
-    _add_pool_options(demo, rows_per_batch_default=DEMO_ROWS_PER_BATCH)
+    _add_pool_options(demo, rows_per_batch=DEMO_ROWS_PER_BATCH)
     _add_cluster_options(demo)
 
     run = commands.add_parser("run", help="run a model over an image directory or Parquet",
@@ -221,12 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="Parquet output path")
     run.add_argument("--input-col", default="content", help="binary column (Parquet input)")
     run.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    run.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
+    run.add_argument("--top-k", type=non_negative_int, default=0, help="also write the top-k classes")
     run.add_argument("--no-progress", action="store_true", help="do not print progress")
     run.add_argument("--fail-fast", action="store_true",
                      help="stop at the first row that cannot be decoded or inferred "
                           "(default: write it with its reason in the `error` column)")
-    run.add_argument("--max-pixels", type=int, default=None,
+    run.add_argument("--max-pixels", type=positive_int, default=None,
                      help="refuse images with more pixels than this before decoding "
                           "(default: 64,000,000)")
     _add_row_limit_option(run)
@@ -248,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--checkpoint", required=True,
                         help="checkpoint folder: keep it to resume exactly where a stopped "
                              "or crashed stream left off")
-    stream.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
+    stream.add_argument("--top-k", type=non_negative_int, default=0, help="also write the top-k classes")
     stream.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    stream.add_argument("--trigger-seconds", type=float, default=None,
+    stream.add_argument("--trigger-seconds", type=positive_seconds, default=None,
                         help="start a micro-batch every N seconds (default: when files arrive)")
-    stream.add_argument("--max-files-per-trigger", type=int, default=None,
+    stream.add_argument("--max-files-per-trigger", type=positive_int, default=None,
                         help="at most N new files per micro-batch")
     stream.add_argument("--available-now", action="store_true",
                         help="process the files present now, then exit")
@@ -275,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale = pool_commands.add_parser(
         "scale", help="change a pool's number of actors (0: free them until a job arrives)")
     scale.add_argument("--name", required=True)
-    scale.add_argument("--num-actors", type=int, required=True)
+    scale.add_argument("--num-actors", type=non_negative_int, required=True)
     for sub in (start, status, stop, scale):
         sub.add_argument("--ray-address", default=_env_ray_address("auto"),
                          help="the Ray cluster holding the pools (default: $RAY_ADDRESS if "
@@ -370,7 +313,7 @@ def cmd_demo(args) -> int:
     with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
                           model=spec, model_name=args.model, mode=args.mode,
-                          pool=_pool_settings(args), ray_address=runtime.ray_address,
+                          pool=args.pool_settings, ray_address=runtime.ray_address,
                           top_k=5, overwrite=args.overwrite,
                           progress_interval_s=args.progress_interval)
     return _report(summary, args)
@@ -407,7 +350,7 @@ def cmd_run(args) -> int:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
                           input_col=args.input_col, model=spec, model_name=args.model,
                           mode=args.mode,
-                          pool=_pool_settings(args), ray_address=runtime.ray_address,
+                          pool=args.pool_settings, ray_address=runtime.ray_address,
                           top_k=args.top_k, progress=not args.no_progress,
                           progress_interval_s=args.progress_interval,
                           fail_fast=args.fail_fast, preprocess=preprocess,
@@ -458,7 +401,7 @@ def cmd_stream(args) -> int:
                              checkpoint=args.checkpoint, trigger_seconds=args.trigger_seconds,
                              available_now=args.available_now,
                              max_files_per_trigger=args.max_files_per_trigger,
-                             model=spec, mode=args.mode, pool=_pool_settings(args),
+                             model=spec, mode=args.mode, pool=args.pool_settings,
                              ray_address=runtime.ray_address, top_k=args.top_k,
                              max_row_bytes=args.max_row_bytes)
         print(f"streaming {args.input} -> {args.output} (checkpoint {args.checkpoint}); "
@@ -489,12 +432,13 @@ def cmd_pool(args) -> int:
 
     if args.pool_command == "scale":
         _before_start(check_actor_count, args.num_actors)
+    spec = _before_start(_model_spec, args) if args.pool_command == "start" else None
     logs = _library_logs(args)
     if logs is not None:
         logs.route_ray()
     connect_ray(args.ray_address)
     if args.pool_command == "start":
-        pool = Pool.get_or_create(_model_spec(args), _pool_settings(args))
+        pool = Pool.get_or_create(spec, args.pool_settings)
         pool.heal()  # one found scaled down (idle, or `pool scale 0`) is warmed up again
         statuses = [pool.status()]
         print(json.dumps(statuses[0], default=str) if args.json else pool_table(statuses))
@@ -540,6 +484,9 @@ def main(argv=None) -> int:
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:
+        # every value the pool's settings check, checked before anything starts
+        args.pool_settings = (_before_start(_pool_settings, args)
+                              if getattr(args, "has_pool_options", False) else None)
         return handler[args.command](args)
     except HybridInferError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the cause's layout
