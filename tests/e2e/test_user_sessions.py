@@ -4,6 +4,9 @@ Each test writes a small script and runs it in a subprocess with the venv's Pyth
 a clean environment: no RAY_AUTH_TOKEN nor any other RAY_* variable. The engine starts
 an embedded Ray itself (token auth on by default in Ray 2.60); Spark's Python workers,
 started before it, reach the pool over Arrow Flight, never as Ray drivers.
+
+README's examples on the user's own session run in test_readme.py, and every
+predict_batch_udf case in tests/integration/test_predict_batch_udf.py: not again here.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import time
 
 import pytest
 
-from paths import TESTS
 from runtime_env import clean_env
 
-HERE = os.path.join(TESTS, "integration")  # test_predict_batch_udf.py, imported by a script
 BIN = os.path.dirname(sys.executable)
 
 
@@ -43,111 +44,6 @@ def _failure(done) -> str:
     lines = (done.stdout + done.stderr).splitlines()
     errors = [line for line in lines if "Error" in line or "Exception" in line]
     return "\n".join(errors[-25:]) + "\n---\n" + "\n".join(lines[-15:])
-
-
-README_AND_INFER = """
-    import json, sys
-    import numpy as np
-    from pyspark.sql import SparkSession
-    from pyspark.sql.types import FloatType
-
-    spark = SparkSession.builder.master("local[2]").getOrCreate()   # the user's, first
-
-    # README's predict_batch_udf example, as written there
-    from hybrid_infer import predict_batch_udf
-
-    def make_times_two_fn():
-        def predict(inputs: np.ndarray) -> np.ndarray:
-            return inputs * 2
-        return predict
-
-    times_two = predict_batch_udf(make_times_two_fn, return_type=FloatType(), batch_size=10)
-    doubled = spark.range(100).withColumn("x2", times_two("id")).collect()
-
-    # infer() over a folder, and the Transformer, on the same user session
-    from hybrid_infer import PoolSettings, infer, read_images
-    from hybrid_infer.ml import HybridInferenceModel
-
-    # the Transformer below asks for the same pool settings: it reuses this warm pool
-    settings = PoolSettings(num_actors=1, batch_size=8)
-    images = read_images(spark, sys.argv[1])
-    rows = infer(images, "mobilenet_v3_small", weights="random", pool=settings).collect()
-    stage = HybridInferenceModel(inputCol="content", outputCol="logits",
-                                 model="mobilenet_v3_small", weights="random",
-                                 batchSize=8, numActors=1)
-    transformed = stage.transform(images).collect()
-    print("RESULT" + json.dumps({
-        "doubled": sorted((r["id"], r["x2"]) for r in doubled),
-        "paths": sorted(r["path"] for r in rows),
-        "errors": [r["error"] for r in rows if r["error"]],
-        "logits": len(rows[0]["prediction"]),
-        "transformed": sorted(r["path"] for r in transformed),
-        "transform_errors": [r["error"] for r in transformed if r["error"]],
-    }))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_readme_udf_infer_and_transformer_on_the_users_own_session(tmp_path, image_dir):
-    result, seconds = run_script(tmp_path, README_AND_INFER, image_dir)
-    assert result["doubled"] == [[i, 2.0 * i] for i in range(100)]
-    files = sorted(f"file:{os.path.join(image_dir, name)}" for name in os.listdir(image_dir))
-    assert result["paths"] == files and not result["errors"]  # every row back, once
-    assert result["logits"] == 1000
-    assert result["transformed"] == files and not result["transform_errors"]
-    print(f"FIGURES user_session_readme_infer_transformer_s={seconds:.1f}")
-
-
-DOCUMENTED_CASES = """
-    import json, sys, time
-    sys.path.insert(0, sys.argv[1])
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.master("local[2]").getOrCreate()   # the user's, first
-    from pyspark.sql.functions import array
-    import test_predict_batch_udf as cases
-    from hybrid_infer import PoolSettings
-
-    # every case's pool fits beside the others on the embedded Ray's 2 CPUs
-    cases.POOL = PoolSettings(num_actors=1, num_cpus_per_actor=0.1)
-    started = time.perf_counter()
-    scalar_df = cases.scalar_df.__wrapped__(spark, None)
-    abcd_df = cases.abcd_df.__wrapped__(spark, None)
-    tensor_df = cases.tensor_df.__wrapped__(spark, None)
-    checks = 0
-    for name in dir(cases):
-        if not name.startswith("test_") or name in ("test_batches_never_exceed_batch_size",
-                                                    "test_make_predict_fn_runs_once_per_actor",
-                                                    "test_same_validation_errors"):
-            continue
-        test = getattr(cases, name)
-        params = test.__code__.co_varnames[:test.__code__.co_argcount]
-        fixtures = {"scalar_df": scalar_df, "abcd_df": abcd_df, "tensor_df": tensor_df}
-        if "make_fn" in params:
-            for make_fn in (cases.make_multi_sum_columnar_fn, cases.make_multi_sum_rows_fn):
-                test(tensor_df, make_fn)
-                checks += 1
-        else:
-            test(*[fixtures[p] for p in params])
-            checks += 1
-    for message in cases.ERROR_CASES:
-        cases.test_same_validation_errors(spark, None, message)
-        checks += 1
-    print("RESULT" + json.dumps({"checks": checks,
-                                 "seconds": round(time.perf_counter() - started, 1)}))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_pyspark_documented_predict_batch_udf_cases_on_the_users_session(tmp_path):
-    result, seconds = run_script(tmp_path, DOCUMENTED_CASES, HERE, timeout=1100)
-    print(f"FIGURES documented_cases checks={result['checks']} cases_s={result['seconds']} "
-          f"script_s={seconds:.1f} load_avg={os.getloadavg()[0]:.0f}")
-    # How long they take is a figure to report (printed above), not a test: a test must
-    # not depend on the machine being idle.
-    assert result["checks"] >= 15
 
 
 NO_RAY_EXECUTORS = """
@@ -175,8 +71,15 @@ NO_RAY_EXECUTORS = """
 
     from hybrid_infer import PoolSettings, infer, predict_batch_udf, read_images
 
-    rows = infer(read_images(spark, sys.argv[1]), "mobilenet_v3_small", weights="random",
-                 pool=PoolSettings(num_actors=1, batch_size=8, torch_threads=1)).collect()
+    images = read_images(spark, sys.argv[1])
+    rows = infer(images, "mobilenet_v3_small", weights="random",
+                 pool=PoolSettings(num_actors=1, batch_size=8)).collect()
+    # the Transformer asks for the same pool settings: it reuses this warm pool
+    from hybrid_infer.ml import HybridInferenceModel
+    stage = HybridInferenceModel(inputCol="content", outputCol="logits",
+                                 model="mobilenet_v3_small", weights="random",
+                                 batchSize=8, numActors=1)
+    transformed = stage.transform(images).collect()
 
     def make_plus_one_fn():
         def predict(inputs):
@@ -189,6 +92,8 @@ NO_RAY_EXECUTORS = """
     print("RESULT" + json.dumps({
         "probe": sorted({r["seen"] for r in probe}), "env": sorted({r["env"] for r in probe}),
         "rows": len(rows), "errors": [r["error"] for r in rows if r["error"]],
+        "transformed": sorted(r["path"] for r in transformed),
+        "transform_errors": [r["error"] for r in transformed if r["error"]],
         "added": sorted(r["y"] for r in added)}))
 """
 
@@ -212,6 +117,8 @@ def test_executors_whose_python_has_no_ray_get_their_predictions(tmp_path, image
     assert result["probe"] == ["ImportError: Ray is not installed on this executor"]
     assert result["env"] == [""]  # no Ray token nor any RAY_* variable in the executors
     assert result["rows"] == len(os.listdir(image_dir)) and not result["errors"]
+    files = sorted(f"file:{os.path.join(image_dir, name)}" for name in os.listdir(image_dir))
+    assert result["transformed"] == files and not result["transform_errors"]
     assert result["added"] == [float(i + 1) for i in range(50)]
 
 
