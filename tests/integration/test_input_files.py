@@ -115,12 +115,13 @@ def test_glob_matches_like_hadoop():
 
 def test_job_returns_every_file_with_its_reason(spark, input_dir, ray_address, small_pool,
                                                 tmp_path):
+    from hybrid_infer.api import JobOptions
     from hybrid_infer.job import run_job
 
     output = str(tmp_path / "out.parquet")
     summary = run_job(spark, input_path=input_dir, output_path=output, progress=False,
                       model=ModelSpec(SMALL_MODEL, weights="random"), pool=small_settings(),
-                      ray_address=ray_address, preprocess=small_preprocess())
+                      ray_address=ray_address, job=JobOptions(preprocess=small_preprocess()))
     rows = spark.read.parquet(output).collect()
     got = {row.path: row.error for row in rows}
     assert len(rows) == len(got) == summary.rows == summary.input_files == len(ROWS)

@@ -134,7 +134,7 @@ SCHEMAS = os.path.join(ROOT, "tests", "support", "schemas")
 
 
 def crd_validator(name: str):
-    """A validator for a CRD's openAPIV3Schema (vendored in tests/schemas, see its README)
+    """A validator for a CRD's openAPIV3Schema (vendored in tests/support/schemas, see its README)
     that, like `kubectl apply` (strict field validation), refuses unknown fields."""
     import gzip
     import json
