@@ -297,6 +297,7 @@ def _report(summary, args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from hybrid_infer.api import JobOptions
     from hybrid_infer.demo_data import generate_jpegs
     from hybrid_infer.job import run_job
     from hybrid_infer.output_path import check_output
@@ -313,8 +314,8 @@ def cmd_demo(args) -> int:
     with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
                           model=spec, model_name=args.model, mode=args.mode,
-                          pool=args.pool_settings, ray_address=runtime.ray_address,
-                          top_k=5, overwrite=args.overwrite,
+                          job=JobOptions(top_k=5), pool=args.pool_settings,
+                          ray_address=runtime.ray_address, overwrite=args.overwrite,
                           progress_interval_s=args.progress_interval)
     return _report(summary, args)
 
@@ -336,7 +337,7 @@ def _check_output(args) -> None:
 def cmd_run(args) -> int:
     import dataclasses
 
-    from hybrid_infer.api import default_preprocess
+    from hybrid_infer.api import JobOptions, default_preprocess
     from hybrid_infer.job import run_job
 
     # fail on a bad input, model or output before starting anything (the input first:
@@ -346,15 +347,15 @@ def cmd_run(args) -> int:
     _before_start(_check_output, args)
     preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
                   if args.max_pixels else None)
+    job = _before_start(JobOptions, input_col=args.input_col, top_k=args.top_k,
+                        fail_fast=args.fail_fast, preprocess=preprocess,
+                        max_row_bytes=args.max_row_bytes)
     with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
-                          input_col=args.input_col, model=spec, model_name=args.model,
-                          mode=args.mode,
+                          model=spec, model_name=args.model, mode=args.mode, job=job,
                           pool=args.pool_settings, ray_address=runtime.ray_address,
-                          top_k=args.top_k, progress=not args.no_progress,
+                          progress=not args.no_progress,
                           progress_interval_s=args.progress_interval,
-                          fail_fast=args.fail_fast, preprocess=preprocess,
-                          max_row_bytes=args.max_row_bytes,
                           overwrite=args.overwrite)
     return _report(summary, args)
 
