@@ -54,20 +54,24 @@ def _value_type(annotation) -> type:
 
 def add_dataclass_options(parser, cls, *, choices: Choices | None = None,
                           only: tuple[str, ...] | None = None,
-                          defaults: dict | None = None) -> None:
+                          defaults: dict | None = None,
+                          docs: dict[str, str] | None = None) -> None:
     """Add one option per field of `cls` (or those in `only`) to `parser` (a parser or an
     argument group). Unless given, an option's value is None: the field's default then
     applies (dataclass_values leaves it out). `defaults` replaces some fields' defaults
-    for this parser (field name -> value)."""
+    for this parser (field name -> value); `docs`, the help texts taken from the class
+    docstring (field_docs)."""
     choices, defaults = choices or {}, defaults or {}
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
+    docs = field_docs(cls) if docs is None else docs
     for field in dataclasses.fields(cls):
         if only is not None and field.name not in only:
             continue
         kind = _value_type(hints[field.name])
         text = docs.get(field.name, "").replace("%", "%%")
         default = defaults.get(field.name, field.default)
+        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
         if default is not dataclasses.MISSING and default is not None:
             text += f" (default: {default})"
         options = {"dest": field.name, "default": defaults.get(field.name), "help": text}
@@ -97,25 +101,21 @@ def with_option_names(message: str, *classes) -> str:
     return pattern.sub(lambda match: option_name(match.group(1)), message)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number > 0 (its error is a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+def _whole_number(minimum: int, expected: str):
+    """An argparse type: a whole number >= `minimum` (its error is a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+positive_int = _whole_number(1, "a positive whole number")
+non_negative_int = _whole_number(0, "a whole number >= 0")
 
 
 def positive_seconds(text: str) -> float:

@@ -17,7 +17,9 @@ import time
 
 import pytest
 
-from hybrid_infer.cli import build_parser
+from hybrid_infer.bench.config import CHOICES as BENCH_CHOICES
+from hybrid_infer.bench.config import BenchConfig
+from hybrid_infer.cli import POOL_CHOICES, build_parser
 from hybrid_infer.cli_options import field_docs, option_name
 from hybrid_infer.pool.settings import PARTS
 
@@ -74,8 +76,28 @@ COMMAND_CASES = {  # a whole command line -> what the message says
     "pool start --batch-size 0": "--batch-size must be >= 1, got 0",
     "pool scale --name p --num-actors -1": "--num-actors: expected a whole number >= 0",
 }
+BENCH_CASES = {  # the benchmark's options (hybrid_infer/bench/config.py)
+    "--images 0": "--images must be >= 1, got 0",
+    "--partitions 0": "--partitions must be >= 1",
+    "--batch-size 0": "--batch-size must be >= 1",
+    "--threads 0": "--threads must be >= 1",
+    "--actors 0": "--actors must be >= 1",
+    "--streams 0": "--streams must be >= 1",
+    "--spark-slots 0": "--spark-slots must be >= 1",
+    "--small-jobs 0": "--small-jobs must be >= 1",
+    "--small-rows 0": "--small-rows must be >= 1",
+    "--sweep-sizes 256,big": "--sweep-sizes and --sweep-partitions are whole numbers",
+    "--sweep-partitions two": "--sweep-sizes and --sweep-partitions are whole numbers",
+    "--timeout 0": "--timeout must be > 0 seconds",
+    "--contenders hybrid,fastest": "unknown contender fastest",
+    "--device tpu": "--device: invalid choice: 'tpu'",
+    "--precision fp8": "--precision: invalid choice: 'fp8'",
+    "--optimize fast": "--optimize: invalid choice: 'fast'",
+    "--images many": "--images: invalid int value: 'many'",
+}
 CASES = {RUN + " " + options: said for options, said in POOL_CASES.items()}
 CASES.update(COMMAND_CASES)
+CASES.update({"bench " + options: said for options, said in BENCH_CASES.items()})
 
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, shlex, sys, time
@@ -151,8 +173,13 @@ def test_every_pool_setting_is_an_option_with_its_help_and_default():
                 assert f"(default: {field.default})" in action.help
 
 
-def test_every_pool_option_has_a_bad_value_case():
-    options = {option_name(f.name) for part in PARTS.values() for f in dataclasses.fields(part)}
-    covered = {word for case in POOL_CASES for word in case.split() if word.startswith("--")}
-    # --channels-last/--no-channels-last takes no value
-    assert options - covered == {"--channels-last"}, options - covered
+@pytest.mark.parametrize("classes, choices, cases", [
+    (tuple(PARTS.values()), POOL_CHOICES, POOL_CASES),
+    ((BenchConfig,), BENCH_CHOICES, BENCH_CASES)])
+def test_every_option_that_takes_a_number_or_a_choice_has_a_bad_value_case(classes, choices,
+                                                                          cases):
+    numbers = ("int", "int | None", "float", "float | None")
+    options = {option_name(f.name) for cls in classes for f in dataclasses.fields(cls)
+               if f.type in numbers or f.name in choices}
+    covered = {word for case in cases for word in case.split() if word.startswith("--")}
+    assert options <= covered, options - covered
