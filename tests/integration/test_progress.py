@@ -1,4 +1,4 @@
-"""Issue 13, item 3: live progress and a quiet console.
+"""Live progress and a quiet console (the demo's, as a user runs it: e2e/test_demo.py).
 
 - `run`/`demo` show rows actually answered, images/s and ETA while the job runs: from
   the pool actors' per-job row counters (hybrid, raydp), from Spark's status tracker
@@ -11,62 +11,12 @@
 from __future__ import annotations
 
 import io
-import os
-import re
-import shutil
 import threading
 
 import pytest
 
 from faults import SMALL_MODEL, images_frame, small_jpegs, small_preprocess, small_settings
-from command_line import cli
-
-PROGRESS_LINE = re.compile(r"^rows (\d+)/(\d+) \(\d+%\)  .* images/s  elapsed \S+  ETA \S+$")
-
-
-def progress_rows(stderr: str, total: int) -> list[int]:
-    rows = []
-    for line in stderr.splitlines():
-        found = PROGRESS_LINE.match(line)
-        if found:
-            assert int(found.group(2)) == total, line
-            rows.append(int(found.group(1)))
-    return rows
-
-
-# -- the command line, as a user runs it (subprocess, clean environment) ----------------
-@pytest.mark.slow
-def test_demo_shows_rows_as_they_are_answered_and_keeps_ray_and_spark_off_the_console(
-        tmp_path):
-    """The 64-image demo, stderr captured (not a terminal): progress lines with rows
-    between 0 and 64 while it runs, each on its own line; no Ray or Spark warning on
-    stderr; the summary names the log file that holds them. Small requests and model
-    batches on one single-threaded actor (real options) make answers arrive in steps
-    of 4 rows, polled every 0.5 s."""
-    workdir = tmp_path / "demo"
-    done = cli(tmp_path, "demo", "--workdir", str(workdir), "--weights", "random",
-               "--num-actors", "1", "--torch-threads", "1", "--batch-size", "4",
-               "--rows-per-batch", "4", "--progress-interval", "0.5", timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "\r" not in done.stderr  # no in-place redraws in a file
-    rows = progress_rows(done.stderr, 64)
-    assert rows and rows[-1] == 64, done.stderr[-3000:]
-    assert rows == sorted(rows), rows  # never goes back
-    assert [n for n in rows if 0 < n < 64], f"no intermediate progress: {rows}"
-
-    for noise in ("NativeCodeLoader", "Token authentication", "log4j", "Setting default log "
-                  "level", " WARN "):
-        assert noise not in done.stderr, (noise, done.stderr[-3000:])
-    (log_line,) = [line for line in done.stdout.splitlines()
-                   if line.startswith("log of Ray and Spark ")]
-    log_path = log_line.split()[-1]
-    assert os.path.isfile(log_path), log_line
-    try:
-        with open(log_path) as handle:
-            logged = handle.read()
-        assert "NativeCodeLoader" in logged and "Token authentication" in logged, logged[-3000:]
-    finally:
-        shutil.rmtree(os.path.dirname(log_path), ignore_errors=True)  # a new folder per run
+from progress_lines import progress_rows
 
 
 def test_verbose_is_accepted_before_and_after_the_command():

@@ -27,29 +27,6 @@ def test_torch_and_torchvision_import_together():
     assert hasattr(torch.ops.torchvision, "nms")
 
 
-def test_demo_runs_end_to_end_on_the_embedded_runtime(tmp_path):
-    workdir = tmp_path / "demo"
-    result = subprocess.run(CLI + ["demo", "--images", "12", "--workdir", str(workdir),
-                                   "--batch-size", "4"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rows 12, succeeded 12, failed 0" in result.stdout
-    assert "input files 12, one row each" in result.stdout
-    # offline, the demo runs random weights, and says so (messages go to stderr; stdout
-    # holds the summary)
-    assert "with random weights" in result.stderr
-    # ...and its warning is one plain line, not Python's file:line: Category form
-    warned = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
-    assert any(line.startswith("hybrid-infer: warning: resnet18 runs with random weights")
-               for line in warned), result.stderr[-3000:]
-    assert "RandomWeightsWarning" not in result.stderr, result.stderr[-3000:]
-    table = pq.read_table(str(workdir / "predictions.parquet"))
-    assert table.num_rows == 12
-    assert set(table.column_names) >= {"path", "prediction", "error", "top_k"}
-    assert len(set(table.column("path").to_pylist())) == 12
-    assert all(len(p) == 1000 for p in table.column("prediction").to_pylist())
-
-
 def test_udf_mode_equals_direct_pytorch(images_df, expected):
     assert images_df.rdd.getNumPartitions() == 3
     out = infer(images_df, TEST_MODEL, weights="random", mode="udf", batch_size=TEST_BATCH)
