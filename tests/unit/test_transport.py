@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from hybrid_infer.errors import PoolError
+from hybrid_infer.errors import PoolError, PoolTimeoutError
 from hybrid_infer.transport.client import PoolClient, action
 from hybrid_infer.transport.protocol import PoolAddress, dumps_options, encode_header
 from hybrid_infer.transport.server import FlightService
@@ -208,7 +208,7 @@ def test_errors_of_the_served_code_keep_their_type(servers):
 
 def test_a_timeout_names_batch_timeout_s(servers):
     server, _ = servers()
-    with pytest.raises(TimeoutError, match="batch_timeout_s"):
+    with pytest.raises(PoolTimeoutError, match="batch_timeout_s"):  # raised where it happens
         list(PoolClient(address([server.uri]), header(delay_s=2), timeout_s=0.2)
              .map(batches(1)))
 
