@@ -9,8 +9,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from hybrid_infer.cli_options import (add_dataclass_options, dataclass_values, field_docs,
-                                      with_option_names)
+from hybrid_infer.dataclass_options import (add_dataclass_options, dataclass_values,
+                                            field_docs, with_option_names)
 from hybrid_infer.errors import ConfigurationError
 from hybrid_infer.pool.settings import OPTIMIZATIONS, PRECISIONS, ActorSettings
 
@@ -141,7 +141,7 @@ CHOICES = {"device": ("cpu", "cuda"), "precision": PRECISIONS, "optimize": OPTIM
 
 
 def build_parser(description: str | None = None, *, out_default: str = "bench_results"):
-    """The benchmark's options: one per BenchConfig field (cli_options.py)."""
+    """The benchmark's options: one per BenchConfig field (dataclass_options.py)."""
     parser = argparse.ArgumentParser(prog="hybrid-infer bench", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     docs = {**field_docs(BenchConfig), **{name: text for name, text in

@@ -1,6 +1,6 @@
 """Every bad value on the command line is a usage error (exit 2) before anything starts.
 
-The options of the pool are generated from the settings dataclasses (cli_options.py);
+The options of the pool are generated from the settings dataclasses (dataclass_options.py);
 their checks run when the command line is parsed, with the option named in the message.
 All cases run in one fresh process (the command's own: `main()` sets up logging and
 warnings for its process), each timed; none may have started Spark or Ray.
@@ -19,8 +19,8 @@ import pytest
 
 from hybrid_infer.bench.config import CHOICES as BENCH_CHOICES
 from hybrid_infer.bench.config import BenchConfig
-from hybrid_infer.cli import POOL_CHOICES, build_parser
-from hybrid_infer.cli_options import field_docs, option_name
+from hybrid_infer.cli_options import POOL_CHOICES, build_parser
+from hybrid_infer.dataclass_options import field_docs, option_name
 from hybrid_infer.pool.settings import PARTS
 
 POOL_CASES = {  # option and value -> what the message says
