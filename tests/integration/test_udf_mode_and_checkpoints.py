@@ -1,4 +1,6 @@
-"""Issue 2: install, demo, the udf baseline, checkpoints and clear errors."""
+"""The udf mode equals direct PyTorch; checkpoint files give the in-memory model's predictions
+(pickles only when allowed); unknown models, missing weights and wrong columns say what
+to pass (the demo, end to end: e2e/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 

@@ -4,7 +4,6 @@ CPU JPEG decoder stands in for nvJPEG; everything else is the code a GPU actor r
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 
