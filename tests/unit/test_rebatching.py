@@ -61,16 +61,19 @@ def test_small_requests_queued_behind_the_model_run_as_full_batches():
         values = [request * ROWS_PER_REQUEST + row for row in range(ROWS_PER_REQUEST)]
         answers[request] = pipeline.run(values, decode, timeout=60)
 
-    senders = [threading.Thread(target=send, args=(r,)) for r in range(REQUESTS)]
+    senders = [threading.Thread(target=send, args=(r,), daemon=True) for r in range(REQUESTS)]
     for sender in senders:
         sender.start()
     total = REQUESTS * ROWS_PER_REQUEST
-    # the model holds its first batch; every other row is decoded and waits in the queue
-    wait_for(lambda: model.held and model.held + pipeline._ready.qsize() == total)
-    first = model.held
-    model.gate.set()
+    try:
+        # the model holds its first batch; every other row is decoded and waits in the queue
+        wait_for(lambda: model.held and model.held + pipeline._ready.qsize() == total)
+        first = model.held
+    finally:
+        model.gate.set()
     for sender in senders:
         sender.join(60)
+    assert len(answers) == REQUESTS
 
     rest = total - first
     assert model.batch_sizes == [first] + [BATCH] * (rest // BATCH) + \
