@@ -1,31 +1,20 @@
-"""The udf mode equals direct PyTorch; checkpoint files give the in-memory model's predictions
-(pickles only when allowed); unknown models, missing weights and wrong columns say what
-to pass (the demo, end to end: e2e/test_demo.py)."""
+"""The udf mode equals direct PyTorch; checkpoint files give the in-memory model's
+predictions; a wrong column says which there are; a Parquet binary column is an input.
+(Model names and files as pure code: unit/test_model_files.py; the CLI's bad arguments:
+unit/test_command_line_options.py; the demo: e2e/test_demo.py.)"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from hybrid_infer import infer
-from hybrid_infer.errors import InputError, ModelError
+from hybrid_infer.errors import InputError
 from hybrid_infer.models import ModelSpec
 
 from predictions import TEST_BATCH, TEST_MODEL, assert_matches, local_path, reference_logits
-
-CLI = [sys.executable, "-m", "hybrid_infer.cli"]
-
-
-def test_torch_and_torchvision_import_together():
-    import torchvision
-
-    assert torchvision.models.resnet18 is not None
-    # The nms operator is what a mismatched torch/torchvision build lacks.
-    assert hasattr(torch.ops.torchvision, "nms")
 
 
 def test_udf_mode_equals_direct_pytorch(images_df, expected):
@@ -63,23 +52,6 @@ def test_checkpoint_file_gives_the_in_memory_predictions(tmp_path, images_df, im
     assert_matches(rows, dict(zip(paths, in_memory)))
 
 
-def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path):
-    path = str(tmp_path / "pickled.pt")
-    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled nn.Module, not tensors
-    with pytest.raises(ModelError, match="allow_pickle"):
-        ModelSpec("resnet18", weights=path).load_state_dict()
-
-
-def test_unknown_model_names_the_choices():
-    with pytest.raises(ModelError, match="unknown model 'resnet9000'.*resnet18"):
-        ModelSpec("resnet9000", weights="random")
-
-
-def test_missing_weights_file_says_what_to_pass():
-    with pytest.raises(ModelError, match="does not exist.*state_dict"):
-        ModelSpec("resnet18", weights="/nonexistent/weights.pt")
-
-
 def test_wrong_column_lists_the_columns(spark, tmp_path):
     from hybrid_infer.sources import read_parquet
 
@@ -89,20 +61,6 @@ def test_wrong_column_lists_the_columns(spark, tmp_path):
         read_parquet(spark, path, column="content")
     with pytest.raises(InputError, match="'id' is bigint, not binary"):
         read_parquet(spark, path, column="id")
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--model", "nope", "--input", "{tmp}"], "unknown model 'nope'"),
-    (["--weights", "random", "--model", "nope", "--input", "{tmp}"], "unknown model 'nope'"),
-    (["--input", "/no/such/dir"], "input path '/no/such/dir' does not exist"),
-])
-def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, extra, message):
-    argv = CLI + ["run", "--output", str(tmp_path / "out")]
-    argv += [arg.format(tmp=tmp_path) for arg in extra]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_parquet_binary_column_input(spark, tmp_path, image_dir, expected):

@@ -68,6 +68,7 @@ COMMAND_CASES = {  # a whole command line -> what the message says
     "run --input {dir}/missing --output {dir}/out.parquet": "does not exist",
     "run --input {dir} --output {dir} --weights random": "writing there would replace the input",
     RUN + " --model no_such_net": "no_such_net",
+    RUN + " --weights random --model no_such_net": "unknown model 'no_such_net'",
     RUN + " --model resnet18 --weights {dir}/missing.pt": "missing.pt",
     STREAM + " --trigger-seconds 0": "--trigger-seconds: expected a number of seconds > 0",
     STREAM + " --max-files-per-trigger 0": "--max-files-per-trigger: expected a positive",
