@@ -1,4 +1,5 @@
-"""The `hybrid-infer` command: demo | run | stream | pool start|status|stop|scale | bench.
+"""The `hybrid-infer` command's commands: demo | run | stream | pool start|status|stop|scale
+| bench (their options: cli_options.py).
 
 Exit codes: 0 success; 1 runtime error (a cluster, model, pool or write failed);
 2 usage error (bad options, or an --output that would destroy data); 3 the job ran
@@ -12,177 +13,25 @@ import json
 import os
 import sys
 
+from hybrid_infer.cli_options import build_parser
+from hybrid_infer.dataclass_options import dataclass_values, with_option_names
 from hybrid_infer.errors import HybridInferError
-from hybrid_infer.pool.settings import ClientSettings, PlacementSettings
+from hybrid_infer.pool.settings import PARTS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
 
 
-def _env_ray_address(fallback=None):
-    """RAY_ADDRESS, as `ray job submit` sets it for the job's entrypoint, else `fallback`.
-
-    An http(s):// value is a dashboard address (what a shell exports for `ray job
-    submit` itself), not a cluster to join: it is left to Ray's job CLI.
-    """
-    address = os.environ.get("RAY_ADDRESS", "")
-    return address if address and not address.startswith(("http://", "https://")) else fallback
-
-
-def _add_cluster_options(parser):
-    group = parser.add_argument_group("clusters (default: embedded local Spark and Ray)")
-    group.add_argument("--spark-master", default=None,
-                       help="Spark master URL, e.g. spark://host:7077 (default: local[*])")
-    group.add_argument("--ray-address", default=_env_ray_address(),
-                       help="Ray cluster: host:port, 'auto' or ray://host:10001 (default: "
-                            "$RAY_ADDRESS if set, else a local Ray on 127.0.0.1). With token "
-                            "authentication, set RAY_AUTH_TOKEN or ~/.ray/auth_token")
-
-
-def _add_output_options(parser):
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --output even if the engine did not write "
-                             "it (default: only the engine's own earlier output is replaced)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the summary as one JSON object on stdout (progress and "
-                             "messages go to stderr)")
-
-
-def _add_model_options(parser, *, weights_default=None):
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet18",
-                       help="torchvision name, package.module:factory, TorchScript .pt, "
-                       "torch.export .pt2 or MLflow URI (models:/name/version)")
-    group.add_argument("--weights", default=weights_default,
-                       help="a torchvision weight name (DEFAULT, IMAGENET1K_V2, "
-                            "ResNet50_Weights.IMAGENET1K_V2: fetched once into $TORCH_HOME), "
-                            "a local state_dict file (.pt/.pth/.safetensors) or 'random' "
-                            "(seeded, untrained) (default: %(default)s; none: a torchvision "
-                            "name's DEFAULT pretrained weights)")
-    group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    group.add_argument("--allow-pickle", action="store_true",
-                       help="load pickled checkpoints (trusted files only: runs their code)")
-
-
-def _add_row_limit_option(parser):
-    from hybrid_infer.row_limits import DEFAULT_MAX_ROW_BYTES
-
-    parser.add_argument("--max-row-bytes", type=_positive_int, default=DEFAULT_MAX_ROW_BYTES,
-                        help="a value (file or column value) over this many bytes is not "
-                             "read into Python: its row gets a 'value too large' error "
-                             "(default: %(default)s, 64 MiB)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-_PLACEMENT = PlacementSettings()  # the CLI's defaults are the settings' own
-_CLIENT = ClientSettings()
-#: The demo's requests are small, so that its 64 images show progress as they go.
-DEMO_ROWS_PER_BATCH = 8
-
-
-def _add_pool_options(parser, *, rows_per_batch_default=_CLIENT.rows_per_batch):
-    group = parser.add_argument_group("pool")
-    group.add_argument("--batch-size", type=int, default=None,
-                       help="rows each actor computes at once, shared by its streams "
-                            "(default: 32 on CPU, 256 on a GPU)")
-    group.add_argument("--torch-threads", type=int, default=None,
-                       help="torch threads per actor (default: on CPU the cores of the "
-                            "actor's node, or --num-cpus-per-actor when given; on GPU "
-                            "the CPUs Ray gives it)")
-    group.add_argument("--streams", type=int, default=None,
-                       help="model threads per actor, each on torch-threads/streams "
-                            "threads (default: one per torch thread on CPU, one on GPU)")
-    group.add_argument("--num-actors", type=int, default=None,
-                       help="actors in the pool, and what it scales back up to when work "
-                            "arrives (default: one per GPU, else one)")
-    group.add_argument("--min-actors", type=int, default=_PLACEMENT.min_actors,
-                       help="actors an idle pool keeps (default: %(default)s: an idle pool "
-                            "frees every actor and scales up again for the next job)")
-    group.add_argument("--max-actors", type=int, default=None,
-                       help="the most actors a busy pool may grow to (default: "
-                            "--num-actors when given, else one per GPU, or one per node "
-                            "on CPU)")
-    group.add_argument("--num-cpus-per-actor", type=float, default=None,
-                       help="CPUs Ray reserves for each actor, and its torch threads "
-                            "(default: one Ray CPU, the model on the node's cores)")
-    group.add_argument("--num-gpus-per-actor", type=float, default=None,
-                       help="GPUs Ray reserves for each actor, may be fractional (default: "
-                            "1 with --device cuda, even before a GPU node exists; with "
-                            "auto, 1 if the cluster has GPUs at pool start, else 0)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="cuda: every actor asks Ray for a GPU (an autoscaler can add "
-                            "GPU nodes); auto: a GPU when the cluster has some at pool "
-                            "start, else CPU (default: %(default)s)")
-    group.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                       help="autocast dtype (default: fp32 on CPU, bf16 on a GPU)")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="channels_last memory format (default: on a GPU only)")
-    group.add_argument("--decode", default="auto", choices=["auto", "gpu", "cpu"],
-                       help="where images are decoded: gpu (nvJPEG, batched), cpu (PIL), "
-                            "auto: the GPU when the actor has one (default)")
-    group.add_argument("--optimize", default="none", choices=["none", "freeze", "compile"],
-                       help="one-time model optimisation paid at pool start (default: none)")
-    group.add_argument("--idle-timeout", type=float, default=_PLACEMENT.idle_timeout_s,
-                       help="seconds without work and without a running job before the "
-                            "pool scales down to --min-actors (0: never; "
-                            "default: %(default)s)")
-    group.add_argument("--build-timeout", type=float, default=_PLACEMENT.build_timeout_s,
-                       help="seconds building the weights may take at pool start")
-    group.add_argument("--place-timeout", type=float, default=_PLACEMENT.place_timeout_s,
-                       help="seconds new actors may take to be placed and load the model "
-                            "(raise it when an autoscaler must first add nodes; default: "
-                            "%(default)s)")
-    group.add_argument("--flight-port-range", default=None, metavar="FIRST-LAST",
-                       help="ports the pool's Flight servers (its manager, each actor) "
-                            "listen on, e.g. 40000-40099: open only these between Spark "
-                            "and the pool (default: ports the OS picks)")
-    group.add_argument("--rows-per-batch", type=int, default=rows_per_batch_default,
-                       help="rows a Spark task sends the pool per request; the progress "
-                            "line counts answered requests (default: %(default)s)")
-
-
-def _add_console_options(parser, *, default=argparse.SUPPRESS):
-    """--verbose, before the command (default False) or after it (SUPPRESS: a command's
-    parser must not overwrite what was given before it)."""
-    parser.add_argument("--verbose", action="store_true", default=default,
-                        help="show Ray's and Spark's own messages on the console (default: "
-                             "they go to a log file, which the summary names)")
-
-
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
-def _add_progress_options(parser):
-    parser.add_argument("--progress-interval", type=_positive_seconds, default=None,
-                        help="seconds between progress updates on stderr (default: 2)")
-
-
 def _pool_settings(args):
+    """The PoolSettings the command line gives; a value its checks refuse is a usage
+    error that names the option."""
+    from hybrid_infer.errors import ConfigurationError
     from hybrid_infer.pool.settings import PoolSettings
 
-    return PoolSettings(num_actors=args.num_actors, min_actors=args.min_actors,
-                        max_actors=args.max_actors, batch_size=args.batch_size,
-                        device=args.device, precision=args.precision,
-                        channels_last=args.channels_last, optimize=args.optimize,
-                        torch_threads=args.torch_threads, streams=args.streams,
-                        num_cpus_per_actor=args.num_cpus_per_actor,
-                        num_gpus_per_actor=args.num_gpus_per_actor,
-                        idle_timeout_s=args.idle_timeout, build_timeout_s=args.build_timeout,
-                        place_timeout_s=args.place_timeout, decode=args.decode,
-                        flight_port_range=args.flight_port_range,
-                        rows_per_batch=args.rows_per_batch)
+    try:
+        return PoolSettings(**{name: value for part in PARTS.values()
+                               for name, value in dataclass_values(args, part).items()})
+    except ConfigurationError as exc:
+        raise UsageError(with_option_names(str(exc), *PARTS.values())) from exc
 
 
 def _model_spec(args):
@@ -190,114 +39,6 @@ def _model_spec(args):
 
     return model_spec(args.model, weights=args.weights, seed=args.seed,
                       allow_pickle=args.allow_pickle)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from hybrid_infer import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="hybrid-infer",
-        description="Deep-learning batch inference over Spark DataFrames on a warm Ray actor pool.",
-        epilog="exit codes: 0 success, 1 runtime error, 2 usage error, 3 some rows failed "
-               "(the output was written; see its `error` column)")
-    parser.add_argument("--version", action="version", version=f"hybrid-infer {__version__}")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"],
-                        help="the engine's log records on stderr: pool starts, heals, "
-                             "warnings (default: %(default)s)")
-    _add_console_options(parser, default=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="generate images and run the default job end to end",
-                               description="Generate demo JPEGs, run a real model over them on "
-                                           "the embedded Spark + Ray, and write Parquet.")
-    demo.add_argument("--images", type=int, default=64, help="how many demo JPEGs")
-    demo.add_argument("--workdir", default="demo_output",
-                      help="where the images and predictions go (default: %(default)s)")
-    demo.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    _add_output_options(demo)
-    _add_progress_options(demo)
-    _add_console_options(demo)
-    _add_model_options(demo, weights_default="random")  # offline: no model hub to fetch from
-    _add_pool_options(demo, rows_per_batch_default=DEMO_ROWS_PER_BATCH)
-    _add_cluster_options(demo)
-
-    run = commands.add_parser("run", help="run a model over an image directory or Parquet",
-                              description="Read images (a directory, via binaryFile) or a "
-                                          "Parquet binary column, infer, write Parquet.")
-    run.add_argument("--input", required=True, help="image directory or Parquet dataset")
-    run.add_argument("--output", required=True, help="Parquet output path")
-    run.add_argument("--input-col", default="content", help="binary column (Parquet input)")
-    run.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    run.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
-    run.add_argument("--no-progress", action="store_true", help="do not print progress")
-    run.add_argument("--fail-fast", action="store_true",
-                     help="stop at the first row that cannot be decoded or inferred "
-                          "(default: write it with its reason in the `error` column)")
-    run.add_argument("--max-pixels", type=int, default=None,
-                     help="refuse images with more pixels than this before decoding "
-                          "(default: 64,000,000)")
-    _add_row_limit_option(run)
-    _add_output_options(run)
-    _add_progress_options(run)
-    _add_console_options(run)
-    _add_model_options(run)
-    _add_pool_options(run)
-    _add_cluster_options(run)
-
-    stream = commands.add_parser(
-        "stream", help="infer on image files as they arrive in a folder (Structured Streaming)",
-        description="Watch --input for new image files and append their predictions to the "
-                    "Parquet dataset --output, exactly once across restarts from --checkpoint. "
-                    "Runs until interrupted (Ctrl-C or SIGTERM stop it cleanly), or with "
-                    "--available-now until the files present at start are done.")
-    stream.add_argument("--input", required=True, help="folder that new image files arrive in")
-    stream.add_argument("--output", required=True, help="Parquet output folder (appended to)")
-    stream.add_argument("--checkpoint", required=True,
-                        help="checkpoint folder: keep it to resume exactly where a stopped "
-                             "or crashed stream left off")
-    stream.add_argument("--top-k", type=int, default=0, help="also write the top-k classes")
-    stream.add_argument("--mode", default="hybrid", choices=["hybrid", "udf"])
-    stream.add_argument("--trigger-seconds", type=float, default=None,
-                        help="start a micro-batch every N seconds (default: when files arrive)")
-    stream.add_argument("--max-files-per-trigger", type=int, default=None,
-                        help="at most N new files per micro-batch")
-    stream.add_argument("--available-now", action="store_true",
-                        help="process the files present now, then exit")
-    _add_console_options(stream)
-    _add_row_limit_option(stream)
-    _add_model_options(stream)
-    _add_pool_options(stream)
-    _add_cluster_options(stream)
-
-    pool = commands.add_parser("pool", help="manage warm pools on a running Ray cluster",
-                               description="Start, inspect, scale and stop named warm pools.")
-    pool_commands = pool.add_subparsers(dest="pool_command", required=True)
-    start = pool_commands.add_parser("start", help="start (or find) the pool for a model")
-    _add_model_options(start)
-    _add_pool_options(start)
-    status = pool_commands.add_parser("status", help="show every pool, or one")
-    status.add_argument("--name", help="one pool's name (default: all)")
-    stop = pool_commands.add_parser("stop", help="stop a pool (or all) and its actors")
-    stop.add_argument("--name", help="the pool's name (default: every pool)")
-    scale = pool_commands.add_parser(
-        "scale", help="change a pool's number of actors (0: free them until a job arrives)")
-    scale.add_argument("--name", required=True)
-    scale.add_argument("--num-actors", type=int, required=True)
-    for sub in (start, status, stop, scale):
-        sub.add_argument("--ray-address", default=_env_ray_address("auto"),
-                         help="the Ray cluster holding the pools (default: $RAY_ADDRESS if "
-                              "set, else 'auto': the cluster started on this machine)")
-        sub.add_argument("--json", action="store_true",
-                         help="print JSON instead of a table")
-        _add_console_options(sub)
-
-    bench = commands.add_parser("bench", help="benchmark the modes side by side",
-                                description="Run the benchmark, hybrid_infer.bench "
-                                            "(see its --help).",
-                                add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    return parser
 
 
 class UsageError(HybridInferError):
@@ -362,6 +103,7 @@ def _report(summary, args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from hybrid_infer.api import JobOptions
     from hybrid_infer.demo_data import generate_jpegs
     from hybrid_infer.job import run_job
     from hybrid_infer.output_path import check_output
@@ -378,8 +120,8 @@ def cmd_demo(args) -> int:
     with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=image_dir, output_path=output,
                           model=spec, model_name=args.model, mode=args.mode,
-                          pool=_pool_settings(args), ray_address=runtime.ray_address,
-                          top_k=5, overwrite=args.overwrite,
+                          job=JobOptions(top_k=5), pool=args.pool_settings,
+                          ray_address=runtime.ray_address, overwrite=args.overwrite,
                           progress_interval_s=args.progress_interval)
     return _report(summary, args)
 
@@ -401,7 +143,7 @@ def _check_output(args) -> None:
 def cmd_run(args) -> int:
     import dataclasses
 
-    from hybrid_infer.api import default_preprocess
+    from hybrid_infer.api import JobOptions, default_preprocess
     from hybrid_infer.job import run_job
 
     # fail on a bad input, model or output before starting anything (the input first:
@@ -411,15 +153,15 @@ def cmd_run(args) -> int:
     _before_start(_check_output, args)
     preprocess = (dataclasses.replace(default_preprocess(spec), max_pixels=args.max_pixels)
                   if args.max_pixels else None)
+    job = _before_start(JobOptions, input_col=args.input_col, top_k=args.top_k,
+                        fail_fast=args.fail_fast, preprocess=preprocess,
+                        max_row_bytes=args.max_row_bytes)
     with _start_runtime(args) as runtime:
         summary = run_job(runtime.spark, input_path=args.input, output_path=args.output,
-                          input_col=args.input_col, model=spec, model_name=args.model,
-                          mode=args.mode,
-                          pool=_pool_settings(args), ray_address=runtime.ray_address,
-                          top_k=args.top_k, progress=not args.no_progress,
+                          model=spec, model_name=args.model, mode=args.mode, job=job,
+                          pool=args.pool_settings, ray_address=runtime.ray_address,
+                          progress=not args.no_progress,
                           progress_interval_s=args.progress_interval,
-                          fail_fast=args.fail_fast, preprocess=preprocess,
-                          max_row_bytes=args.max_row_bytes,
                           overwrite=args.overwrite)
     return _report(summary, args)
 
@@ -466,7 +208,7 @@ def cmd_stream(args) -> int:
                              checkpoint=args.checkpoint, trigger_seconds=args.trigger_seconds,
                              available_now=args.available_now,
                              max_files_per_trigger=args.max_files_per_trigger,
-                             model=spec, mode=args.mode, pool=_pool_settings(args),
+                             model=spec, mode=args.mode, pool=args.pool_settings,
                              ray_address=runtime.ray_address, top_k=args.top_k,
                              max_row_bytes=args.max_row_bytes)
         print(f"streaming {args.input} -> {args.output} (checkpoint {args.checkpoint}); "
@@ -497,12 +239,13 @@ def cmd_pool(args) -> int:
 
     if args.pool_command == "scale":
         _before_start(check_actor_count, args.num_actors)
+    spec = _before_start(_model_spec, args) if args.pool_command == "start" else None
     logs = _library_logs(args)
     if logs is not None:
         logs.route_ray()
     connect_ray(args.ray_address)
     if args.pool_command == "start":
-        pool = Pool.get_or_create(_model_spec(args), _pool_settings(args))
+        pool = Pool.get_or_create(spec, args.pool_settings)
         pool.heal()  # one found scaled down (idle, or `pool scale 0`) is warmed up again
         statuses = [pool.status()]
         print(json.dumps(statuses[0], default=str) if args.json else pool_table(statuses))
@@ -548,6 +291,9 @@ def main(argv=None) -> int:
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:
+        # every value the pool's settings check, checked before anything starts
+        args.pool_settings = (_before_start(_pool_settings, args)
+                              if getattr(args, "has_pool_options", False) else None)
         return handler[args.command](args)
     except HybridInferError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the cause's layout

@@ -6,10 +6,15 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from hybrid_infer.errors import HybridInferError, engine_errors
 from hybrid_infer.output import ERROR
+
+if TYPE_CHECKING:
+    from hybrid_infer.api import JobOptions
+    from hybrid_infer.pool.settings import PoolSettings
 
 
 @dataclass
@@ -62,44 +67,47 @@ class JobSummary:
         return lines + [f"  skipped: {line}" for line in self.skipped]
 
 
-def run_job(spark, *, input_path: str, output_path: str, input_col: str = "content",
+def run_job(spark, *, input_path: str, output_path: str, model, mode: str = "hybrid",
+            job: JobOptions | None = None, pool: PoolSettings | None = None,
+            ray_address: str | None = None, model_name: str | None = None,
             progress: bool = True, progress_interval_s: float | None = None,
-            model_name: str | None = None, overwrite: bool = False,
-            **infer_options) -> JobSummary:
-    """Read `input_path`, infer with `infer_options` (see hybrid_infer.infer), write Parquet.
+            overwrite: bool = False) -> JobSummary:
+    """Read `input_path`, infer (hybrid_infer.infer with `model`, `mode`, `job`, `pool` and
+    `ray_address`), write Parquet at `output_path`.
 
-    The output is checked before the pool starts (hybrid_infer.output_path): never the
-    input or around it, never over data the engine did not write unless `overwrite`,
-    and writable. A completed output gets the engine's marker file. `progress` prints
-    rows done, images/s and ETA on stderr every `progress_interval_s` (progress.py).
+    The input column is job.input_col (default "content"). The output is checked before
+    the pool starts (hybrid_infer.output_path): never the input or around it, never over
+    data the engine did not write unless `overwrite`, and writable. A completed output
+    gets the engine's marker file. `progress` prints rows done, images/s and ETA on
+    stderr every `progress_interval_s` (progress.py).
     """
-    from hybrid_infer.api import infer
+    from hybrid_infer.api import JobOptions, infer
     from hybrid_infer.output_path import (check_output, output_exists, remove_failed_output,
                                           write_marker)
     from hybrid_infer.progress import INTERVAL_S, job_progress
     from hybrid_infer.sources import read_input_listed
 
+    job = job or JobOptions()
+    job = replace(job, input_col=job.input_col or "content")
+    if mode != "udf":  # the pool's actors count the job's rows under its id
+        job = replace(job, job_id=job.job_id or f"job-{uuid.uuid4().hex}")
     check_output(input_path, output_path, overwrite=overwrite, spark=spark)
     existed = output_exists(output_path)
-    df, listing = read_input_listed(spark, input_path, column=input_col,
-                                    max_row_bytes=_max_row_bytes(infer_options))
-    mode = infer_options.get("mode", "hybrid")
-    job_id = infer_options.get("job_id") or f"job-{uuid.uuid4().hex}"
-    if mode != "udf":
-        infer_options["job_id"] = job_id  # the pool's actors count its rows under it
+    df, listing = read_input_listed(spark, input_path, column=job.input_col,
+                                    max_row_bytes=job.max_row_bytes)
     started = time.time()
-    watching = (job_progress(spark, mode=mode, job_id=job_id, total_rows=df.count(),
+    watching = (job_progress(spark, mode=mode, job_id=job.job_id, total_rows=df.count(),
                              interval_s=progress_interval_s or INTERVAL_S)
                 if progress else contextlib.nullcontext())
     try:
-        with engine_errors():
-            result = None
-            if mode != "raydp":  # infer() starts or finds the pool; rows flow in the write
-                result = infer(df, input_col=input_col, **infer_options)
-            with watching:
-                if result is None:  # raydp: infer() itself runs the rows through the pool
-                    result = infer(df, input_col=input_col, **infer_options)
-                result.write.mode("overwrite").parquet(output_path)
+        with engine_errors(), contextlib.ExitStack() as watch:
+            if mode == "raydp":  # infer() itself runs the rows through the pool
+                watch.enter_context(watching)
+            # hybrid and udf: infer() starts or finds the pool; the rows flow in the write
+            result = infer(df, model, mode=mode, job=job, pool=pool, ray_address=ray_address)
+            if mode != "raydp":
+                watch.enter_context(watching)
+            result.write.mode("overwrite").parquet(output_path)
     except HybridInferError:
         if not existed:
             remove_failed_output(output_path)
@@ -114,19 +122,10 @@ def run_job(spark, *, input_path: str, output_path: str, input_col: str = "conte
     seconds = time.time() - started
     write_marker(output_path, input_path=input_path, spark=spark)
     summary = summarise(spark, output_path, seconds=seconds, mode=mode,
-                        model=model_name or str(infer_options.get("model", "resnet18")))
+                        model=model_name or str(model))
     if listing is not None:
         summary.input_files, summary.skipped = listing.files, listing.skipped_lines()
     return summary
-
-
-def _max_row_bytes(infer_options: dict) -> int:
-    """The job's row byte limit, given by keyword or in its JobOptions (else the default)."""
-    from hybrid_infer.api import JobOptions
-
-    if infer_options.get("max_row_bytes") is not None:
-        return infer_options["max_row_bytes"]
-    return (infer_options.get("job") or JobOptions()).max_row_bytes
 
 
 def _write_failure(exc: BaseException, output_path: str):

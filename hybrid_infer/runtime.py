@@ -23,7 +23,7 @@ NAMESPACE = "hybrid_infer"
 LOOPBACK = "127.0.0.1"
 
 # Java 17 closes these packages; Spark's and RayDP's JVMs reflect into them and die with
-# InaccessibleObjectException unless they are opened (verified set, see DESIGN.md).
+# InaccessibleObjectException unless they are opened (the set both need on Java 17).
 _OPENED_PACKAGES = [
     ("java.base", p)
     for p in (
@@ -56,10 +56,6 @@ class Runtime:
     started_spark: bool = False
     started_ray: bool = False
     _closed: bool = field(default=False, repr=False)
-
-    @property
-    def embedded(self) -> bool:
-        return self.started_ray and self.started_spark
 
     def stop(self) -> None:
         """Stop what this runtime started, and only that."""

@@ -12,14 +12,10 @@ this, never asks what a spec happens to have.
   payloads: weights) rather than in the driver. A Ray Client driver is not a node, so
   it always builds it itself (registry.start_arguments);
 - `actor_class()`: the actor serving it, a subclass of actor.service.PoolActor,
-  constructed as `cls(spec, payload, settings, pool_name, index)`;
-- `request_schema(options)` / `response_schema(options)`: the Arrow batches a stream
-  sends and gets back.
+  constructed as `cls(spec, payload, settings, pool_name, index)`.
 """
 
 from __future__ import annotations
-
-import pyarrow as pa
 
 
 class Servable:
@@ -36,12 +32,6 @@ class Servable:
         raise NotImplementedError
 
     def actor_class(self) -> type:
-        raise NotImplementedError
-
-    def request_schema(self, options) -> pa.Schema:
-        raise NotImplementedError
-
-    def response_schema(self, options) -> pa.Schema:
         raise NotImplementedError
 
 

@@ -8,6 +8,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from hybrid_infer.dataclass_options import (add_dataclass_options, dataclass_values,
+                                            field_docs, with_option_names)
+from hybrid_infer.errors import ConfigurationError
+from hybrid_infer.pool.settings import OPTIMIZATIONS, PRECISIONS, ActorSettings
+
 @dataclass(frozen=True)
 class Contender:
     """A contender of the run: the module that runs it, and whether it uses the
@@ -37,14 +42,39 @@ POOL_RUNNERS = ("hybrid", "raydp", "hybrid_third_model")
 
 @dataclass
 class BenchConfig:
-    """One benchmark run, as the command line gave it (defaults resolved)."""
+    """One benchmark run, as the command line gave it (defaults resolved).
+
+    model: a torchvision name (random weights: the benchmark runs offline).
+    images: images in the main job.
+    partitions: Spark partitions of the main job.
+    threads: one tuning for every contender alike: torch threads for the model, per
+    process for the pool and Ray Data (split between actors), split across task slots
+    for predict_batch_udf and udf. None: each contender on its own defaults (torch's in
+    a Spark worker, the pool's sizing rule); the ceiling then uses every core.
+    actors: hybrid pool and Ray Data actors (None: the pool's own sizing rule, one Ray
+    Data actor); the threads are split between them.
+    spark_slots: local[N] task slots.
+    device: "cpu" or "cuda".
+    small_jobs: repeated small jobs per mode (their fixed overhead).
+    small_rows: rows of each small job.
+    sweep_sizes: extra job sizes, comma separated ('' for none).
+    sweep_partitions: extra partition counts for the main job size ('' for none).
+    full: bigger sweeps: sizes 256,1024,4096 and partitions 2,8,32.
+    contenders: a comma separated subset of the CONTENDERS.
+    out: where the JSON, Markdown and PNG go.
+    workdir: where the images and each contender's files go.
+    timeout: seconds per contender: past it, the contender's whole process group is
+    killed and it is reported as timed out.
+
+    batch_size, streams, precision, channels_last and optimize are the pool's
+    (ActorSettings, whose texts `hybrid-infer bench --help` shows); optimize is the
+    hybrid_optimized contender's, and streams the ceiling's layout too.
+    """
 
     model: str = "resnet18"
     images: int = 512
     partitions: int = 4
     batch_size: int = 32
-    #: None: every contender on its own defaults (torch's in a Spark worker, the pool's
-    #: sizing rule); a number tunes hybrid and predict_batch_udf alike (see --threads)
     threads: int | None = None
     actors: int | None = None
     streams: int | None = None
@@ -64,6 +94,23 @@ class BenchConfig:
     timeout: float = 1800.0
 
     def __post_init__(self) -> None:
+        for name in ("images", "partitions", "batch_size", "threads", "actors",
+                     "spark_slots", "small_jobs", "small_rows"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.streams is not None and self.streams < 1:
+            raise ConfigurationError(f"streams must be >= 1, got {self.streams}")
+        if not self.timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout}")
+        unknown = sorted(set(self.names) - set(CONTENDERS))
+        if unknown:
+            raise ConfigurationError(f"unknown contender {', '.join(unknown)}: choose from "
+                                     f"{', '.join(CONTENDERS)}")
+        try:
+            self.sizes, self.partition_counts
+        except ValueError:
+            raise ConfigurationError("sweep_sizes and sweep_partitions are whole numbers, "
+                                     "comma separated") from None
         if self.full:
             self.sweep_sizes, self.sweep_partitions = "256,1024,4096", "2,8,32"
         cuda = self.device == "cuda"
@@ -92,68 +139,31 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+#: The pool's settings the benchmark also takes: their help is ActorSettings'.
+POOL_FIELDS = ("batch_size", "streams", "precision", "channels_last", "optimize")
+CHOICES = {"device": ("cpu", "cuda"), "precision": PRECISIONS, "optimize": OPTIMIZATIONS}
+
+
 def build_parser(description: str | None = None, *, out_default: str = "bench_results"):
-    defaults = BenchConfig()
+    """The benchmark's options: one per BenchConfig field (dataclass_options.py)."""
     parser = argparse.ArgumentParser(prog="hybrid-infer bench", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=defaults.model)
-    parser.add_argument("--images", type=int, default=defaults.images,
-                        help="images in the main job")
-    parser.add_argument("--partitions", type=int, default=defaults.partitions,
-                        help="Spark partitions of the main job (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="tune every contender alike: torch threads for the model, per "
-                             "process for the pool and Ray Data (split between actors), "
-                             "split across task slots for predict_batch_udf and udf "
-                             "(default: none, each contender on its own defaults; the "
-                             "ceiling then uses every core)")
-    parser.add_argument("--actors", type=int, default=defaults.actors,
-                        help="hybrid pool and Ray Data actors (default: the pool's own "
-                             "sizing rule; Ray Data one)")
-    parser.add_argument("--streams", type=int, default=None,
-                        help="model threads per hybrid actor (default: the engine's, one "
-                             "single-threaded stream per thread on CPU); the ceiling also "
-                             "runs this layout")
-    parser.add_argument("--spark-slots", type=int, default=defaults.spark_slots,
-                        help="local[N] task slots")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                        help="default: fp32 on cpu, bf16 on cuda")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                        default=None, help="default: on for cuda, off for cpu")
-    parser.add_argument("--optimize", default=defaults.optimize,
-                        choices=["none", "freeze", "compile"],
-                        help="the one-time optimisation of the hybrid_optimized pool")
-    parser.add_argument("--small-jobs", type=int, default=defaults.small_jobs,
-                        help="repeated small jobs per mode (fixed overhead)")
-    parser.add_argument("--small-rows", type=int, default=defaults.small_rows)
-    parser.add_argument("--sweep-sizes", default=defaults.sweep_sizes,
-                        help="extra job sizes, comma separated ('' for none)")
-    parser.add_argument("--sweep-partitions", default=defaults.sweep_partitions,
-                        help="extra partition counts for the main job size ('' for none)")
-    parser.add_argument("--full", action="store_true",
-                        help="bigger sweeps: sizes 256,1024,4096 and partitions 2,8,32")
-    parser.add_argument("--contenders", default=defaults.contenders,
-                        help="comma separated subset of: " + ", ".join(CONTENDERS))
-    parser.add_argument("--out", default=out_default,
-                        help="where the JSON, Markdown and PNG go (default: %(default)s)")
-    parser.add_argument("--workdir", default=defaults.workdir)
-    parser.add_argument("--timeout", type=float, default=defaults.timeout,
-                        help="seconds per contender: past it, the contender's whole "
-                             "process group is killed and it is reported as timed out "
-                             "(default: %(default)s)")
+    docs = {**field_docs(BenchConfig), **{name: text for name, text in
+                                          field_docs(ActorSettings).items()
+                                          if name in POOL_FIELDS}}
+    add_dataclass_options(parser, BenchConfig, choices=CHOICES, docs=docs,
+                          defaults={"out": out_default})
     return parser
 
 
 def parse_args(argv=None, *, description: str | None = None,
                out_default: str = "bench_results") -> BenchConfig:
+    """The run's BenchConfig; a bad value exits 2 with argparse's usage message."""
     parser = build_parser(description, out_default=out_default)
-    config = BenchConfig(**vars(parser.parse_args(argv)))
-    unknown = set(config.names) - set(CONTENDERS)
-    if unknown:
-        parser.error(f"unknown contenders {sorted(unknown)}: choose from {list(CONTENDERS)}")
-    return config
+    try:
+        return BenchConfig(**dataclass_values(parser.parse_args(argv), BenchConfig))
+    except ConfigurationError as exc:
+        parser.error(with_option_names(str(exc), BenchConfig))
 
 
 @dataclass

@@ -11,8 +11,6 @@ import contextlib
 import threading
 import warnings
 
-import pyarrow as pa
-
 from hybrid_infer.servable import Servable
 
 RANDOM_WEIGHTS = "random"
@@ -57,15 +55,6 @@ class ImageModel(Servable):
         from hybrid_infer.actor.inference import InferenceActor
 
         return InferenceActor
-
-    def request_schema(self, options) -> pa.Schema:
-        shaped = options is not None and options.input_shape is not None
-        return pa.schema([("content", pa.list_(pa.float32()) if shaped else pa.binary())])
-
-    def response_schema(self, options) -> pa.Schema:
-        from hybrid_infer.output import result_arrow_fields
-
-        return pa.schema(result_arrow_fields(options.top_k, options.class_names is not None))
 
 
 class CodeDefinedModel(ImageModel):

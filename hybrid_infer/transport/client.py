@@ -46,7 +46,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from hybrid_infer.errors import PoolError
+from hybrid_infer.errors import PoolError, PoolTimeoutError
 from hybrid_infer.transport.lease import LeaseKeeper
 from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, PoolAddress, bearer,
                                              rebuild_app_error)
@@ -334,7 +334,7 @@ class PoolClient:
             try:
                 answer = stream.answers.get(timeout=self._timeout_s)
             except queue.Empty:
-                raise TimeoutError(
+                raise PoolTimeoutError(
                     f"a batch of {item.batch.num_rows} rows got no answer from the pool within "
                     f"{self._timeout_s} s (batch_timeout_s); raise it or check the pool "
                     "with `hybrid-infer pool status`") from None

@@ -1,0 +1,357 @@
+"""Every Python example and shell command in README.md, run as a user would run it.
+
+The blocks are read from README.md itself (fenced ```python and ```bash), so README
+cannot drift from the code. Each runs in a fresh subprocess with a clean environment
+(the venv's bin first on PATH, HOME, JAVA_HOME if set, a private TMPDIR; nothing
+RAY_*, no PYTHONPATH) in a scratch folder holding what the examples name: images/
+(JPEGs from hybrid_infer.demo_data), resnet50.pt, labels.txt, mypkg/nets.py,
+net.safetensors, model.pt, model.pt2, and links to the checkout's .venv and scripts/.
+After a block, every process left in its session (a `ray start` head, a Spark JVM)
+is killed; nothing else is touched.
+
+A block may be annotated by an HTML comment on the line before its fence:
+
+    <!-- test: skip reason="..." -->   not run here; reported as skipped with the reason
+    <!-- test: setup=NAME -->          run SETUPS[NAME]'s code around the block (it
+                                       defines what the block uses but does not make)
+    <!-- test: given="COMMAND" -->     COMMAND (in the block) is taken as done: the
+                                       tests run inside what it made (the installed venv)
+    <!-- test: group=NAME -->          the blocks of one group run in one process, in
+                                       README order (consecutive examples of one section)
+
+Any other key, or a skip without a reason, fails test_annotations_are_well_formed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+from paths import REPO
+README = os.path.join(REPO, "README.md")
+VENV = os.path.dirname(os.path.dirname(sys.executable))
+VENV_BIN = os.path.dirname(sys.executable)
+BLOCK_TIMEOUT_S = 600
+KEYS = {"skip", "reason", "setup", "given", "group"}
+
+#: name -> (code before the block, code after it)
+SETUPS = {
+    # `df` (image bytes) and `tensors_df` (array<float>) on an embedded runtime
+    "df": (textwrap.dedent("""
+        import numpy as _np
+        from hybrid_infer import read_images as _read_images, start_runtime as _start
+        _runtime = _start()
+        df = _read_images(_runtime.spark, "images/")
+        tensors_df = _runtime.spark.createDataFrame(
+            [(i, _np.random.default_rng(i).random(3 * 224 * 224).astype("float32").tolist())
+             for i in range(2)], "id long, features array<float>")
+        """), textwrap.dedent("""
+        _runtime.__exit__(None, None, None)
+        """)),
+    # a local MLflow tracking store in which "my-model" has a version 3
+    "mlflow": (textwrap.dedent("""
+        import os as _os
+        _os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        _os.environ["MLFLOW_TRACKING_URI"] = "file:" + _os.path.abspath("mlruns")
+        import numpy as _np, torch as _torch, mlflow as _mlflow, mlflow.pytorch
+        from mlflow.models import ModelSignature as _Signature
+        from mlflow.types import Schema as _Schema, TensorSpec as _Tensor
+        _net = _torch.nn.Linear(4, 2)
+        _signature = _Signature(inputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 4))]),
+                                outputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 2))]))
+        for _ in range(3):
+            with _mlflow.start_run():
+                _mlflow.pytorch.log_model(_net, name="model", registered_model_name="my-model",
+                                          serialization_format="pt2", signature=_signature,
+                                          input_example=_np.zeros((2, 4), _np.float32))
+        """), ""),
+    # a folder that image files have arrived in (bash), and the stream's output checked
+    "incoming": ("mkdir -p incoming && cp images/* incoming/\n",
+                 "ls predictions/*.parquet >/dev/null\n"),
+}
+
+
+@dataclass
+class Block:
+    line: int  # of the opening fence, 1-based
+    lang: str
+    code: str
+    heading: str
+    options: dict = field(default_factory=dict)
+    annotation_line: int | None = None
+
+    @property
+    def label(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
+        return f"L{self.line}-{self.lang}-{slug}"
+
+
+def parse_annotation(text: str) -> dict:
+    options = {}
+    for token in shlex.split(text):
+        key, _, value = token.partition("=")
+        options[key] = value if _ else True
+    return options
+
+
+def readme_blocks(path: str = README) -> list[Block]:
+    lines = open(path).read().splitlines()
+    blocks, heading, index = [], "", 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        fence = re.match(r"^```(\w*)\s*$", line)
+        if fence:
+            end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
+            block = Block(index + 1, fence.group(1), "\n".join(lines[index + 1:end]) + "\n",
+                          heading)
+            previous = index - 1
+            annotation = re.match(r"^<!--\s*test:(.*?)-->\s*$", lines[previous]) \
+                if previous >= 0 else None
+            if annotation:
+                block.options = parse_annotation(annotation.group(1))
+                block.annotation_line = previous + 1
+            blocks.append(block)
+            index = end
+        index += 1
+    return blocks
+
+
+BLOCKS = [b for b in readme_blocks() if b.lang in ("python", "bash")]
+
+
+def test_annotations_are_well_formed():
+    text = open(README).read().splitlines()
+    annotated = {b.annotation_line for b in readme_blocks() if b.annotation_line}
+    for number, line in enumerate(text, 1):
+        if line.lstrip().startswith("<!-- test:"):  # prose may quote the convention
+            assert number in annotated, f"README.md:{number}: an annotation must sit on " \
+                                        "the line just before a fence"
+    for block in readme_blocks():
+        if not block.options:
+            continue
+        where = f"README.md:{block.annotation_line}"
+        assert block.lang in ("python", "bash"), f"{where}: only python/bash blocks run"
+        assert set(block.options) <= KEYS, f"{where}: unknown keys {set(block.options) - KEYS}"
+        if "skip" in block.options:
+            assert block.options.get("reason") not in (None, True, ""), \
+                f"{where}: a skip needs reason=\"...\""
+        if "setup" in block.options:
+            assert block.options["setup"] in SETUPS, f"{where}: no setup {block.options}"
+        if "given" in block.options:
+            assert block.options["given"] in block.code, f"{where}: given text not in block"
+
+
+def groups() -> list[list[Block]]:
+    """Runnable units: one block, or every block of a group (at its first block)."""
+    units, by_group = [], {}
+    for block in BLOCKS:
+        name = block.options.get("group")
+        if name and name in by_group:
+            by_group[name].append(block)
+            continue
+        unit = [block]
+        if name:
+            by_group[name] = unit
+        units.append(unit)
+    return units
+
+
+UNITS = groups()
+
+
+# -- the scratch folder the examples run in ---------------------------------------------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """What README's examples name, made once."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from hybrid_infer.demo_data import generate_jpegs
+
+    directory = tmp_path_factory.mktemp("readme_assets")
+    generate_jpegs(str(directory / "images"), 4, seed=3, min_side=120, max_side=300)
+    torch.save(torchvision.models.resnet50().state_dict(), directory / "resnet50.pt")
+    # The pretrained weights README's examples name, already in torch's hub cache (no
+    # model hub is reachable here): random values under torchvision's own file names.
+    for name in ("resnet18", "resnet50"):
+        entry = torchvision.models.get_model_weights(name).DEFAULT
+        cached = directory / "torch_home" / "hub" / "checkpoints" / os.path.basename(entry.url)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(name).state_dict(), cached)
+    (directory / "labels.txt").write_text("cat\ndog\nbird\n")
+    (directory / "mypkg").mkdir()
+    (directory / "mypkg" / "__init__.py").write_text("")
+    (directory / "mypkg" / "nets.py").write_text(textwrap.dedent("""
+        import torch
+
+        def build(depth: int = 1) -> torch.nn.Module:
+            layers = [torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()]
+            for _ in range(depth - 1):
+                layers += [torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU()]
+            return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        """))
+    sys.path.insert(0, str(directory))
+    try:
+        from mypkg.nets import build
+    finally:
+        sys.path.remove(str(directory))
+    net = build(depth=3).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(directory / "net.safetensors"))
+    torch.jit.save(torch.jit.script(net), str(directory / "model.pt"))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(net, (torch.zeros(2, 3, 64, 64),),
+                                  dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(directory / "model.pt2"))
+    return directory
+
+
+@pytest.fixture
+def workdir(assets, tmp_path):
+    import shutil
+
+    for entry in os.listdir(assets):
+        source = assets / entry
+        if entry == "images":
+            shutil.copytree(source, tmp_path / entry)  # a real folder, as a user's is
+        else:
+            os.symlink(source, tmp_path / entry)
+    # what README's commands name in a checkout; not the package itself, so that the
+    # examples import the installed hybrid_infer, as a user's script would
+    os.symlink(os.path.join(REPO, "scripts"), tmp_path / "scripts")
+    os.symlink(VENV, tmp_path / ".venv")
+    return tmp_path
+
+
+def clean_env(tmpdir: str, torch_home: str | None = None) -> dict:
+    """What a user's shell with the venv activated has: nothing exported by hand, and
+    a torch cache that already holds the pretrained weights (TORCH_HOME, see assets)."""
+    env = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+           "VIRTUAL_ENV": VENV, "HOME": os.environ.get("HOME", "/tmp"),
+           "LANG": "C.UTF-8", "TMPDIR": tmpdir}
+    if torch_home:
+        env["TORCH_HOME"] = torch_home
+    if os.environ.get("JAVA_HOME"):
+        env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+    return env
+
+
+def kill_session(sid: int) -> None:
+    """Kill every process still in session `sid` (which the test created), e.g. the
+    Ray head that `ray start` left running."""
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == sid:
+                process.send_signal(signal.SIGTERM)
+                left.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+def script_for(unit: list[Block]) -> tuple[str, str]:
+    """(language, script text) of a unit, setups and givens applied."""
+    parts = []
+    for block in unit:
+        code = block.code
+        given = block.options.get("given")
+        if given:
+            code = code.replace(given, "true" if block.lang == "bash" else "")
+        before, after = SETUPS.get(block.options.get("setup"), ("", ""))
+        if block.lang == "python":
+            parts.append(f"print('== README.md line {block.line}', flush=True)\n"
+                         f"{before}\n{code}\n{after}")
+        else:
+            parts.append(f"echo '== README.md line {block.line}'\n{before}{code}\n{after}")
+    header = "set -euo pipefail\n" if unit[0].lang == "bash" else ""
+    return unit[0].lang, header + "\n".join(parts)
+
+
+def run_unit(unit: list[Block], directory) -> tuple[int | None, str]:
+    lang, script = script_for(unit)
+    path = directory / f"readme_L{unit[0].line}.{'py' if lang == 'python' else 'sh'}"
+    path.write_text(script)
+    command = [os.path.join(VENV_BIN, "python"), path.name] if lang == "python" \
+        else ["bash", path.name]
+    tmpdir = tempfile.mkdtemp(prefix="rdme", dir="/tmp")  # short: Ray's socket paths
+    log_path = directory / "output.txt"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=directory, env=clean_env(tmpdir, str(directory / "torch_home")),
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            kill_session(process.pid)
+    return code, log_path.read_text()
+
+
+@pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)
+@pytest.mark.parametrize("unit", UNITS, ids=[u[0].label for u in UNITS])
+def test_readme_example(unit, workdir):
+    skipped = [b for b in unit if "skip" in b.options]
+    if skipped:
+        block = skipped[0]
+        pytest.skip(f"README.md:{block.line}: {block.options['reason']}")
+    code, output = run_unit(unit, workdir)
+    lines = ", ".join(str(b.line) for b in unit)
+    assert code is not None, (f"README.md block(s) at line {lines} still running after "
+                              f"{BLOCK_TIMEOUT_S} s:\n{output[-4000:]}")
+    assert code == 0, f"README.md block(s) at line {lines} exited {code}:\n{output[-4000:]}"
+
+
+# -- the command lines README shows, against the CLI's own --help -------------------------
+def shown_cli_options() -> dict[tuple[str, ...], set[str]]:
+    """(subcommand words) -> every --option README shows with it, in any fenced block."""
+    shown: dict[tuple[str, ...], set[str]] = {}
+    for block in readme_blocks():
+        text = block.code.replace("\\\n", " ")
+        if not block.lang:  # a synopsis: indented lines continue the command above
+            text = re.sub(r"\n\s{2,}(?=\[|--)", " ", text)
+        for match in re.finditer(r"hybrid-infer((?:\s+[a-z][a-z|]*)+)([^\n#]*)", text):
+            words = match.group(1).split()
+            command = tuple(w for w in words[:2] if "|" not in w)
+            if not command or command[0] not in ("demo", "run", "pool", "bench"):
+                continue  # prose, such as the layout's "hybrid-infer demo | run | ..."
+            if command[0] == "pool":
+                subs = words[1].split("|") if len(words) > 1 else []
+                for sub in subs:
+                    shown.setdefault(("pool", sub), set()).update(
+                        re.findall(r"--[a-z][a-z-]*", match.group(2)))
+                continue
+            shown.setdefault(command[:1], set()).update(
+                re.findall(r"--[a-z][a-z-]*", match.group(2)))
+    return shown
+
+
+def test_every_command_line_option_readme_shows_exists():
+    for command, options in sorted(shown_cli_options().items()):
+        done = subprocess.run([sys.executable, "-m", "hybrid_infer.cli", *command, "--help"],
+                              capture_output=True, text=True, timeout=120,
+                              env=clean_env(tempfile.gettempdir()), cwd=REPO)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+        missing = sorted(o for o in options if o not in done.stdout)
+        assert not missing, f"README shows `hybrid-infer {' '.join(command)}` with " \
+                            f"{missing}, which its --help does not list"

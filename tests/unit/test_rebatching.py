@@ -1,0 +1,88 @@
+"""An actor's pipeline re-batches small requests into full model batches, whatever the
+machine's load: the requests are queued while the model is busy, then released.
+
+(It replaces tests/test_pool.py::test_rebatching_fills_model_batches, which counted a
+real pool's batches and failed under load, when requests did not arrive together.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+from hybrid_infer.actor.pipeline import InferencePipeline
+
+BATCH = 8
+REQUESTS, ROWS_PER_REQUEST = 8, 3  # 24 rows, 3 at a time, as a Spark task sends them
+
+
+class GatedModel:
+    """A real torch module whose first forward pass waits until the test opens the gate:
+    the requests that arrive meanwhile queue behind it. Records every batch's size."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.module = torch.nn.Linear(3, 2).eval()
+        self.gate = threading.Event()
+        self.held = 0  # the rows of the first batch, once it waits at the gate
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, tensors: list) -> np.ndarray:
+        if not self.gate.is_set() and not self.held:
+            self.held = len(tensors)
+            self.gate.wait(30)
+        self.batch_sizes.append(len(tensors))
+        with torch.no_grad():
+            return self.module(torch.stack(tensors)).numpy()
+
+
+def decode(value: int) -> torch.Tensor:
+    return torch.full((3,), float(value))
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the pipeline did not get there in time"
+        time.sleep(0.01)
+
+
+def test_small_requests_queued_behind_the_model_run_as_full_batches():
+    model = GatedModel()
+    # room to decode every row ahead of the model: none waits for a prefetch slot
+    pipeline = InferencePipeline(model, batch_size=BATCH, decode_threads=2,
+                                 prefetch_batches=REQUESTS * ROWS_PER_REQUEST // BATCH + 1)
+    answers: dict[int, tuple] = {}
+
+    def send(request: int) -> None:
+        values = [request * ROWS_PER_REQUEST + row for row in range(ROWS_PER_REQUEST)]
+        answers[request] = pipeline.run(values, decode, timeout=60)
+
+    senders = [threading.Thread(target=send, args=(r,), daemon=True) for r in range(REQUESTS)]
+    for sender in senders:
+        sender.start()
+    total = REQUESTS * ROWS_PER_REQUEST
+    try:
+        # the model holds its first batch; every other row is decoded and waits in the queue
+        wait_for(lambda: model.held and model.held + pipeline._ready.qsize() == total)
+        first = model.held
+    finally:
+        model.gate.set()
+    for sender in senders:
+        sender.join(60)
+    assert len(answers) == REQUESTS
+
+    rest = total - first
+    assert model.batch_sizes == [first] + [BATCH] * (rest // BATCH) + \
+        ([rest % BATCH] if rest % BATCH else []), model.batch_sizes
+    assert len(model.batch_sizes) <= 1 + -(-rest // BATCH) < total // ROWS_PER_REQUEST
+    # and every row's answer is its own, in its request's order
+    with torch.no_grad():
+        for request, (outputs, errors) in answers.items():
+            values = [request * ROWS_PER_REQUEST + row for row in range(ROWS_PER_REQUEST)]
+            want = model.module(torch.stack([decode(v) for v in values])).numpy()
+            assert errors == [None] * ROWS_PER_REQUEST
+            np.testing.assert_allclose(outputs, want, rtol=0, atol=1e-6)
