@@ -49,6 +49,8 @@ POOL_CASES = {  # option and value -> what the message says
     "--idle-timeout -1": "--idle-timeout must be >= 0",
     "--build-timeout 0": "--build-timeout must be > 0",
     "--place-timeout 0": "--place-timeout must be > 0",
+    "--grow-after 0": "--grow-after must be > 0",
+    "--shrink-after 0": "--shrink-after must be > 0",
     "--max-in-flight 0": "--max-in-flight must be >= 1",
     "--batch-timeout 0": "--batch-timeout must be > 0",
     "--rows-per-batch 0": "--rows-per-batch must be >= 1",

@@ -31,7 +31,6 @@ import flight_servers
 from runtime_env import free_port_pair
 
 TOKEN = "t0ken-for-network-tests"
-HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_SOURCE = os.path.dirname(os.path.abspath(flight_servers.__file__))
 
 
@@ -110,7 +109,7 @@ def test_connections_past_the_bound_are_closed_and_the_server_serves_after(serve
 def test_after_running_out_of_file_descriptors_the_server_accepts_again(tmp_path):
     """The attack that stopped gRPC's accept loop for good: more connections than the
     process has file descriptors, then all closed. The gate (asyncio) keeps accepting."""
-    code = (f"import resource, sys; sys.path.insert(0, {HERE!r})\n"
+    code = (f"import resource, sys; sys.path.insert(0, {SERVER_SOURCE!r})\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
             "import flight_servers\n"
             f"server, _ = flight_servers.start({TOKEN!r}, 0.0, max_connections=100000)\n"
@@ -376,9 +375,9 @@ def test_a_stream_whose_actor_falls_silent_is_given_up_and_its_batches_resent(se
     live, handler = servers(0.02)
     manager = FlightService(None, token=TOKEN, actions={
         "endpoints": lambda body: json.dumps({"actors": [live.uri]}).encode()})
-    frozen = subprocess.Popen([sys.executable, os.path.join(HERE, "flight_servers.py"), TOKEN,
+    frozen = subprocess.Popen([sys.executable, os.path.join(SERVER_SOURCE, "flight_servers.py"), TOKEN,
                                "0.05"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": HERE})
+                              env={**os.environ, "PYTHONPATH": SERVER_SOURCE})
     try:
         frozen_uri = frozen.stdout.readline().strip()
         pool = PoolAddress("pool-test", manager.uri, (frozen_uri, live.uri), TOKEN)
