@@ -32,6 +32,10 @@ def _add_cluster_options(parser):
     group = parser.add_argument_group("clusters (default: embedded local Spark and Ray)")
     group.add_argument("--spark-master", default=None,
                        help="Spark master URL, e.g. spark://host:7077 (default: local[*])")
+    group.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                       help="a Spark Connect server instead of a Spark master (default: "
+                            "$SPARK_REMOTE if set, as PySpark reads it); this process still "
+                            "joins Ray, and the server's executors must reach the pool")
     group.add_argument("--ray-address", default=_env_ray_address(),
                        help="Ray cluster: host:port, 'auto' or ray://host:10001 (default: "
                             "$RAY_ADDRESS if set, else a local Ray on 127.0.0.1). With token "
@@ -332,7 +336,8 @@ def _start_runtime(args):
     if logs is not None:
         logs.route_ray()
     return start_runtime(args.spark_master, args.ray_address,
-                         spark_conf=logs.spark_conf() if logs else None, spark_log_level=None)
+                         spark_conf=logs.spark_conf() if logs else None, spark_log_level=None,
+                         spark_remote=args.remote)
 
 
 def show_warnings_plainly() -> None:
@@ -537,6 +542,7 @@ def main(argv=None) -> int:
 
     log_to_stderr(args.log_level)
     show_warnings_plainly()
+    _absolute_paths_for_connect(args)
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:
@@ -550,6 +556,19 @@ def main(argv=None) -> int:
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     finally:
         _keep_or_remove_log(args)
+
+
+def _absolute_paths_for_connect(args) -> None:
+    """With a Spark Connect server (--remote, $SPARK_REMOTE), local paths are made
+    absolute: the server resolves a relative path against its own working folder."""
+    from hybrid_infer.runtime import spark_remote
+
+    if getattr(args, "spark_master", None) or not spark_remote(getattr(args, "remote", None)):
+        return
+    for name in ("input", "output", "checkpoint", "workdir"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and "://" not in value and not value.startswith("file:"):
+            setattr(args, name, os.path.abspath(value))
 
 
 def _keep_or_remove_log(args) -> None:
