@@ -130,11 +130,18 @@ def ray_address(tmp_path_factory):
         os.environ.pop("RAY_AUTH_TOKEN", None)
     yield address
     ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
+    stop_group(head)
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a process started in a session of its own, with everything it started:
+    SIGTERM to its group, SIGKILL after `timeout_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _wait_for_port(port: int, process, timeout: float = 60) -> None:

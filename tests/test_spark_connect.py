@@ -25,7 +25,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -33,7 +32,7 @@ import time
 
 import pytest
 
-from conftest import clean_env, free_port
+from conftest import clean_env, free_port, stop_group
 from hybrid_infer.demo_data import generate_jpegs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,12 +81,7 @@ def connect_url(tmp_path_factory):
         _wait_for_server(server, port, log_path)
         yield f"sc://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout_s=60)
 
 
 def _wait_for_server(server, port: int, log_path) -> None:
