@@ -96,7 +96,7 @@ def start_connect_session(remote: str):
     server's. Returns (session, started) like start_spark."""
     from pyspark.sql import SparkSession
 
-    if not remote.startswith("sc://"):
+    if not remote.startswith(("sc://", "local")):  # local: PySpark starts a server itself
         raise ConfigurationError(f"Spark Connect URL {remote!r} is not sc://host:port")
     try:
         session = SparkSession.builder.remote(remote).getOrCreate()
