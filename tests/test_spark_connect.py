@@ -126,8 +126,8 @@ def readme_connect_block() -> str:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("readme_tests", _test_module("test_readme.py"))
-    readme_tests = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readme_tests)
+    readme_tests = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_tests)  # registered first: it defines dataclasses
     found = [block.code for block in readme_tests.readme_blocks()
              if "SPARK_REMOTE" in block.code and block.lang == "python"]
     assert len(found) == 1, "README has one Spark Connect example (a python block naming SPARK_REMOTE)"
