@@ -115,6 +115,10 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         from hybrid_infer.modes.udf import check_udf_settings
 
         check_udf_settings(pool.actor)  # before any work: a setting it cannot honour
+    elif mode == "raydp":
+        from hybrid_infer.modes.raydp import check_raydp_session
+
+        check_raydp_session(df.sparkSession)  # before any work: RayDP, Spark 3.5, its session
     spec = model_spec(model, **asdict(ModelSource(**given["model"])))
     warn_if_random(spec)
     input_col = job.input_col or _default_input_col(df)

@@ -81,7 +81,8 @@ def _start_runtime(args):
     if logs is not None:
         logs.route_ray()
     return start_runtime(args.spark_master, args.ray_address,
-                         spark_conf=logs.spark_conf() if logs else None, spark_log_level=None)
+                         spark_conf=logs.spark_conf() if logs else None, spark_log_level=None,
+                        spark_remote=getattr(args, "remote", None))
 
 
 def show_warnings_plainly() -> None:
@@ -279,6 +280,19 @@ def cmd_bench(args) -> int:
     return bench_main(args.bench_args)
 
 
+
+def _absolute_paths_for_connect(args) -> None:
+    """With a Spark Connect server (--remote, $SPARK_REMOTE), local paths are made
+    absolute: the server resolves a relative path against its own working folder."""
+    from hybrid_infer.runtime import spark_remote
+
+    if getattr(args, "spark_master", None) or not spark_remote(getattr(args, "remote", None)):
+        return
+    for name in ("input", "output", "checkpoint", "workdir"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and "://" not in value and not value.startswith("file:"):
+            setattr(args, name, os.path.abspath(value))
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading --options: pass all on
@@ -288,6 +302,7 @@ def main(argv=None) -> int:
 
     log_to_stderr(args.log_level)
     show_warnings_plainly()
+    _absolute_paths_for_connect(args)
     handler = {"demo": cmd_demo, "run": cmd_run, "stream": cmd_stream, "pool": cmd_pool,
                "bench": cmd_bench}
     try:

@@ -29,6 +29,10 @@ def _add_cluster_options(parser):
     group = parser.add_argument_group("clusters (default: embedded local Spark and Ray)")
     group.add_argument("--spark-master", default=None,
                        help="Spark master URL, e.g. spark://host:7077 (default: local[*])")
+    group.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                       help="a Spark Connect server instead of a Spark master (default: "
+                            "$SPARK_REMOTE if set, as PySpark reads it); this process still "
+                            "joins Ray, and the server's executors must reach the pool")
     group.add_argument("--ray-address", default=_env_ray_address(),
                        help="Ray cluster: host:port, 'auto' or ray://host:10001 (default: "
                             "$RAY_ADDRESS if set, else a local Ray on 127.0.0.1). With token "

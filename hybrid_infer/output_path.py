@@ -9,12 +9,15 @@ Checked before anything starts (Spark, Ray, the pool), so a bad --output costs s
 - the output's folder must be writable (a probe file is created and removed).
 
 Local paths (no scheme, or file:) are checked with the OS. Other filesystems (s3a://,
-hdfs://, ...) are checked through the Spark session's Hadoop FileSystem.
+hdfs://, ...) are checked through the Spark session's Hadoop FileSystem; a Spark Connect
+session has no JVM in this process to ask, so there Spark itself lists the output (its
+binaryFile source) and writes the marker (a one-line `_HYBRID_INFER` text folder).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +25,8 @@ import tempfile
 import time
 
 from hybrid_infer.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 #: Written into every output folder the engine completes: marks it as the engine's own.
 MARKER = "_HYBRID_INFER"
@@ -115,6 +120,11 @@ def _probe_writable(output_path: str, target: str) -> None:
 
 
 def _check_hadoop_output(spark, input_path, output_path, overwrite) -> None:
+    from hybrid_infer.runtime import is_connect
+
+    if is_connect(spark):
+        _check_output_through_spark(spark, input_path, output_path, overwrite)
+        return
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
 
@@ -134,6 +144,26 @@ def _check_hadoop_output(spark, input_path, output_path, overwrite) -> None:
             _refuse_existing(output_path, "holds files the engine did not write")
 
 
+def _check_output_through_spark(spark, input_path, output_path, overwrite) -> None:
+    """The Hadoop checks for a Spark Connect session: the server lists the output."""
+    if input_path is not None:
+        check_not_input(input_path, output_path, qualify=lambda path: path.rstrip("/"))
+    if overwrite:
+        return
+    try:
+        paths = [row.path for row in spark.read.format("binaryFile")
+                 .option("recursiveFileLookup", "true").load(output_path)
+                 .select("path").collect()]
+    except Exception as exc:  # noqa: BLE001 - Connect raises its own AnalysisException
+        if "PATH_NOT_FOUND" in str(exc):
+            return  # nothing there to protect
+        raise OutputError(f"cannot check the output {output_path!r}: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+    names = [path.rstrip("/").rsplit("/", 1)[-1] for path in paths]
+    if not is_engine_output(names):
+        _refuse_existing(output_path, "holds files the engine did not write")
+
+
 def write_marker(output_path: str, *, input_path: str, spark=None) -> None:
     """Mark a completed output folder as the engine's own (so a rerun may replace it)."""
     from hybrid_infer import __version__
@@ -144,6 +174,12 @@ def write_marker(output_path: str, *, input_path: str, spark=None) -> None:
         with open(os.path.join(local_path(output_path), MARKER), "w") as handle:
             handle.write(body + "\n")
     elif spark is not None:
+        from hybrid_infer.runtime import is_connect
+
+        if is_connect(spark):  # no JVM here: a one-line text dataset named like the marker
+            (spark.createDataFrame([(body,)], "value string").coalesce(1).write
+             .mode("overwrite").text(output_path.rstrip("/") + "/" + MARKER))
+            return
         jvm = spark.sparkContext._jvm
         hpath = jvm.org.apache.hadoop.fs.Path(output_path.rstrip("/") + "/" + MARKER)
         stream = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(hpath, True)

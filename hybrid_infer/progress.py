@@ -8,9 +8,12 @@ Where "rows done" comes from depends on the mode:
   are answered. A per-job id rather than a snapshot of pool-wide counters at job start:
   a warm pool may serve another job at the same time, whose rows a snapshot would count
   as this job's, and a healed actor starts its counters from zero.
-- udf: there is no pool; Spark's status tracker tells how many tasks of this job's
-  stages finished (SparkTaskRows), which, with the row count known up front, estimates
-  rows done.
+- udf: there is no pool; Spark tells how many tasks of this job's stages finished,
+  which, with the row count known up front, estimates rows done. A classic session
+  asks its status tracker for the job group's stages (SparkTaskRows); a Spark Connect
+  session has no SparkContext, so the job's operations carry a session tag and a
+  progress handler (Spark 4's `registerProgressHandler`) receives their stages
+  (ConnectTaskRows).
 
 tqdm formats and paces the line: on a terminal it is redrawn in place; anywhere else
 (a file, a pipe, a CI log) each update is a line of its own, so lines never run together.
@@ -77,10 +80,15 @@ class PoolJobRows:
         return sum(self._last.values())
 
 
+def _estimate(total_rows: int, done_tasks: int, tasks: int) -> int:
+    """Rows done from tasks done: rows per task are not known before a task ends."""
+    return total_rows * done_tasks // tasks if tasks else 0
+
+
 class SparkTaskRows:
     """Rows done estimated from finished tasks of the Spark jobs in group `job_id` (udf
-    mode): rows per task are not known before a task ends, so total x tasks done / tasks.
-    The caller runs the job's Spark actions inside `spark_job_group(spark, job_id)`."""
+    mode, classic session): total x tasks done / tasks. The caller runs the job's Spark
+    actions inside `spark_job_group(spark, job_id)`."""
 
     def __init__(self, spark, job_id: str, total_rows: int):
         self._tracker = spark.sparkContext.statusTracker()
@@ -96,7 +104,42 @@ class SparkTaskRows:
                 if stage is not None:
                     done += stage.numCompletedTasks
                     tasks += stage.numTasks
-        return self._total * done // tasks if tasks else 0
+        return _estimate(self._total, done, tasks)
+
+
+class ConnectTaskRows:
+    """The same estimate for a Spark Connect session (udf mode), from the stages that
+    Spark 4's progress handler reports for the operations run inside `watch()`: the
+    session's operations are tagged with `job_id` meanwhile (so `interruptTag` stops
+    them), and every operation the session runs then is counted as the job's."""
+
+    def __init__(self, spark, job_id: str, total_rows: int):
+        self._spark = spark
+        self.job_id = job_id
+        self._total = total_rows
+        self._stages: dict[tuple[str, int], tuple[int, int]] = {}  # -> (done, tasks)
+        self._lock = threading.Lock()
+
+    def _on_progress(self, stages, inflight_tasks, operation_id, done) -> None:
+        with self._lock:
+            for stage in stages:
+                self._stages[(operation_id, stage.stage_id)] = (stage.num_completed_tasks,
+                                                               stage.num_tasks)
+
+    @contextlib.contextmanager
+    def watch(self):
+        self._spark.addTag(self.job_id)
+        self._spark.registerProgressHandler(self._on_progress)
+        try:
+            yield
+        finally:
+            self._spark.removeProgressHandler(self._on_progress)
+            self._spark.removeTag(self.job_id)
+
+    def __call__(self) -> int:
+        with self._lock:
+            counts = list(self._stages.values())
+        return _estimate(self._total, sum(d for d, _ in counts), sum(t for _, t in counts))
 
 
 @contextlib.contextmanager
@@ -109,6 +152,21 @@ def spark_job_group(spark, group_id: str):
         yield
     finally:
         context.setLocalProperty("spark.jobGroup.id", previous)
+
+
+@contextlib.contextmanager
+def _spark_task_rows(spark, job_id: str, total_rows: int):
+    """The rows-done estimate of the udf mode, for a classic or a Connect session,
+    counting the Spark jobs run inside this block."""
+    from hybrid_infer.runtime import is_connect
+
+    if is_connect(spark):
+        rows = ConnectTaskRows(spark, job_id, total_rows)
+        with rows.watch():
+            yield rows
+    else:
+        with spark_job_group(spark, job_id):
+            yield SparkTaskRows(spark, job_id, total_rows)
 
 
 class _OneLinePerUpdate:
@@ -201,9 +259,8 @@ def job_progress(spark, *, mode: str, job_id: str, total_rows: int,
     """The progress of the job `job_id` in `mode` (see the module's docstring), entered
     around everything that infers (in the raydp mode, infer() itself does)."""
     if mode == "udf":
-        with spark_job_group(spark, job_id), JobProgress(
-                SparkTaskRows(spark, job_id, total_rows), total_rows, interval_s=interval_s,
-                stream=stream):
+        with _spark_task_rows(spark, job_id, total_rows) as rows, JobProgress(
+                rows, total_rows, interval_s=interval_s, stream=stream):
             yield
     else:
         with JobProgress(PoolJobRows(job_id), total_rows, interval_s=interval_s,

@@ -76,9 +76,40 @@ class Runtime:
         self.stop()
 
 
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (`SparkSession.builder.remote(...)`): a client
+    with no SparkContext, no JVM and no broadcast in this process."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def spark_remote(remote: str | None = None) -> str | None:
+    """The Spark Connect URL to use: `remote`, else $SPARK_REMOTE, as PySpark reads it."""
+    return remote or os.environ.get("SPARK_REMOTE") or None
+
+
+def start_connect_session(remote: str):
+    """A Spark Connect session at `remote` (sc://host:port); Spark's settings are the
+    server's. Returns (session, started) like start_spark."""
+    from pyspark.sql import SparkSession
+
+    if not remote.startswith(("sc://", "local")):  # local: PySpark starts a server itself
+        raise ConfigurationError(f"Spark Connect URL {remote!r} is not sc://host:port")
+    try:
+        session = SparkSession.builder.remote(remote).getOrCreate()
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"Spark Connect's client is not installed ({exc}): pip install "
+            "'hybrid-infer[connect]' (Spark 4)") from None
+    log.info("joined Spark Connect at %s", remote)
+    return session, True
+
+
 def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
-                extra_conf: dict[str, str] | None = None, *, log_level: str | None = "ERROR"):
-    """Return a SparkSession: a new local one on loopback, or one bound to `master`.
+                extra_conf: dict[str, str] | None = None, *, log_level: str | None = "ERROR",
+                remote: str | None = None):
+    """Return a SparkSession: a new local one on loopback, one bound to `master`, or a
+    Spark Connect session at `remote` (sc://host:port; default $SPARK_REMOTE when no
+    `master` is given, as PySpark does).
 
     Returns (session, started) where `started` says whether this call created it.
     `log_level` is set on a session this call creates (None: keep its log4j2
@@ -88,9 +119,15 @@ def start_spark(master: str | None = None, app_name: str = "hybrid-infer",
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
+    remote = spark_remote(remote) if master is None else remote
+    if remote and master:
+        raise ConfigurationError(f"a Spark master ({master!r}) and a Spark Connect URL "
+                                 f"({remote!r}) were both given: pass one of them")
     active = SparkSession.getActiveSession()
-    if active is not None and master is None:
+    if active is not None and master is None and (remote is None or is_connect(active)):
         return active, False
+    if remote:
+        return start_connect_session(remote)
 
     builder = SparkSession.builder.appName(app_name)
     conf = spark_conf_for_java17()
@@ -160,7 +197,17 @@ def start_raydp_spark(app_name: str = "hybrid-infer-raydp", *, num_executors: in
 
 
 def import_raydp():
-    """The raydp module, or a ConfigurationError naming the extra that installs it."""
+    """The raydp module, or a ConfigurationError naming the extra that installs it (or,
+    on Spark 4, which no RayDP release supports yet, the Spark 3.5 lane)."""
+    import pyspark
+
+    if int(pyspark.__version__.split(".")[0]) >= 4:
+        raise ConfigurationError(
+            f"the raydp mode needs Spark 3.5: RayDP has no release for Spark 4 (this is "
+            f"pyspark {pyspark.__version__}). Install the Spark 3.5 lane (bash "
+            "scripts/install.sh spark35, or pip install 'hybrid-infer[raydp]' "
+            "'pyspark>=3.5,<3.5.8'), or use mode='hybrid', which serves the same warm pool "
+            "on Spark 4")
     try:
         import raydp
     except ImportError as exc:
@@ -339,14 +386,17 @@ def _keep_ray_on_loopback() -> None:
 def start_runtime(spark_master: str | None = None, ray_address: str | None = None, *,
                   spark_conf: dict[str, str] | None = None,
                   object_store_memory: int | None = None,
-                  spark_log_level: str | None = "ERROR") -> Runtime:
+                  spark_log_level: str | None = "ERROR",
+                  spark_remote: str | None = None) -> Runtime:
     """Start (or join) Spark and Ray for one job. Use as a context manager.
 
-    spark_log_level: for a Spark session this starts (start_spark's log_level)."""
+    spark_log_level: for a Spark session this starts (start_spark's log_level).
+    spark_remote: a Spark Connect URL, sc://host:port (default: $SPARK_REMOTE when no
+    spark_master is given); Ray is still joined, or started, by this process."""
     gcs_address, started_ray = connect_ray(ray_address, object_store_memory=object_store_memory)
     try:
         spark, started_spark = start_spark(spark_master, extra_conf=spark_conf,
-                                           log_level=spark_log_level)
+                                           log_level=spark_log_level, remote=spark_remote)
     except BaseException:
         if started_ray:
             import ray

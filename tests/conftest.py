@@ -31,6 +31,25 @@ os.environ["TORCH_HOME"] = os.path.join(
     tempfile.mkdtemp(prefix="hybrid-infer-torch-home-"), "torch")
 
 
+#: The core paths, `pytest -m core`: what the lane that is not README's default runs in
+#: CI (README, "Install"): packaging, the transport, both modes end to end, the udf
+#: baseline, predict_batch_udf, the ML Transformer, streaming, progress, Ray on Spark,
+#: the raydp mode (Spark 3.5) and Spark Connect (Spark 4). By module name, so that a
+#: module keeps its place in the selection wherever it lives under tests/.
+CORE_MODULES = {
+    "test_packaging.py", "test_transport.py", "test_settings.py", "test_row_answers.py",
+    "test_pool_policies.py", "test_demo.py", "test_outputs.py", "test_predict_batch_udf.py",
+    "test_ml_transformer.py", "test_stream.py", "test_progress.py", "test_raydp_mode.py",
+    "test_ray_on_spark.py", "test_spark_connect.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in CORE_MODULES:
+            item.add_marker(pytest.mark.core)
+
+
 @pytest.fixture(autouse=True)
 def _no_weight_downloads(monkeypatch):
     from hybrid_infer.models import torchvision_spec
@@ -60,11 +79,18 @@ def ray_address(tmp_path_factory):
         os.environ.pop("RAY_AUTH_TOKEN", None)
     yield address
     ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
+    stop_group(head)
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a process started in a session of its own, with everything it started:
+    SIGTERM to its group, SIGKILL after `timeout_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +98,10 @@ def spark():
     from hybrid_infer.runtime import start_spark
 
     token = os.environ.pop("RAY_AUTH_TOKEN", None)  # Spark's workers must not need it
+    # tests/test_spark_connect.py runs whole modules through a Spark Connect server
+    remote = os.environ.get("HYBRID_INFER_TEST_SPARK_REMOTE")
     try:
-        session, _ = start_spark("local[2]")
+        session, _ = start_spark(remote=remote) if remote else start_spark("local[2]")
     finally:
         if token is not None:
             os.environ["RAY_AUTH_TOKEN"] = token

@@ -34,20 +34,31 @@ def _check_room_for_ray_data() -> None:
 
 
 def is_raydp_session(spark) -> bool:
-    return spark.sparkContext.master.startswith("ray")
+    from hybrid_infer.runtime import is_connect
+
+    # A Spark Connect client has no SparkContext: its Spark is never RayDP's.
+    return not is_connect(spark) and spark.sparkContext.master.startswith("ray")
 
 
-def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], options,
-              rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0,
-              max_row_bytes: int | None = None):
-    import ray
+def check_raydp_session(spark) -> None:
+    """Fail before any work unless RayDP is usable here and `spark` is its session."""
+    from hybrid_infer.runtime import import_raydp
 
-    spark = df.sparkSession
+    import_raydp()  # installed, and on a Spark line it supports (3.5)
     if not is_raydp_session(spark):
         raise ConfigurationError(
             "mode='raydp' needs a DataFrame of a RayDP Spark session (Spark on Ray): start "
             "it with hybrid_infer.runtime.start_raydp_spark() in a process that has not "
             "started a plain Spark session, or use mode='hybrid' on this session")
+
+
+def run_raydp(df, *, address: PoolAddress, input_col: str, id_cols: list[str], options,
+              rows_per_batch: int = 64, max_in_flight: int = 2, timeout_s: float = 600.0,
+              max_row_bytes: int | None = None):
+    """df (of a RayDP session: check_raydp_session) -> the same DataFrame as every mode."""
+    import ray
+
+    spark = df.sparkSession
     # once, on the driver; actors refuse a request batch over its rows x max_row_bytes
     header = encode_header("infer", dumps_options(options), max_row_bytes=max_row_bytes)
 

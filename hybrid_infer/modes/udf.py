@@ -1,6 +1,8 @@
 """The `udf` mode: the pandas-UDF recipe this project replaces, kept faithful.
 
-The driver broadcasts the state_dict; every UDF call rebuilds the model, wraps the
+The driver ships the state_dict (a broadcast on a classic session; a file in the
+session's artifacts on Spark Connect, which has no broadcast); every UDF call rebuilds
+the model, wraps the
 Series of bytes in a PyTorch Dataset (PIL decode + the ImageNet transform) and runs a
 DataLoader. It is the baseline the benchmarks compare against: correct, not tuned.
 Unlike the seed recipe it turns an undecodable row into an `error` value instead of
@@ -8,6 +10,12 @@ failing the task, so that every mode honours the same output contract.
 """
 
 from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -37,6 +45,51 @@ class ImageBytesDataset:
             if shape is None:
                 shape = (3, self.decoder.preprocess.crop, self.decoder.preprocess.crop)
             return torch.zeros(shape), str(exc)
+
+
+class BroadcastWeights:
+    """The state_dict as a Spark broadcast (classic sessions); call it for the dict."""
+
+    def __init__(self, spark, state_dict):
+        self._broadcast = spark.sparkContext.broadcast(state_dict)
+
+    def __call__(self):
+        return self._broadcast.value
+
+
+class ArtifactWeights:
+    """The state_dict as a file in a Spark Connect session's artifacts (`addArtifacts(...,
+    file=True)`), read in the UDF through SparkFiles; call it for the dict. The file is
+    named by its digest, so a job that ships the same weights again adds nothing new."""
+
+    def __init__(self, spark, state_dict):
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        data = buffer.getvalue()
+        self.name = f"hybrid-infer-weights-{hashlib.sha256(data).hexdigest()[:20]}.pt"
+        folder = tempfile.mkdtemp(prefix="hybrid-infer-weights-")
+        try:
+            path = os.path.join(folder, self.name)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            spark.addArtifacts(path, file=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def __call__(self):
+        import torch
+        from pyspark import SparkFiles
+
+        return torch.load(SparkFiles.get(self.name), map_location="cpu", weights_only=True)
+
+
+def ship_weights(spark, state_dict):
+    """The state_dict where every UDF call can read it, for a classic or Connect session."""
+    from hybrid_infer.runtime import is_connect
+
+    return (ArtifactWeights if is_connect(spark) else BroadcastWeights)(spark, state_dict)
 
 
 #: ActorSettings the baseline cannot honour because they would change its numbers; the
@@ -79,7 +132,7 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options, actor=None
     requested_device, threads = actor.device, actor.torch_threads
 
     spark = df.sparkSession
-    state_dict = spark.sparkContext.broadcast(spec.load_state_dict())
+    weights = ship_weights(spark, spec.load_state_dict())
     top_k = options.top_k
     preprocess = options.preprocess
     input_shape = options.input_shape
@@ -97,7 +150,7 @@ def run_udf(df, *, spec, input_col: str, id_cols: list[str], options, actor=None
         if threads:
             torch.set_num_threads(threads)
         model = spec.build_module()
-        model.load_state_dict(state_dict.value)
+        model.load_state_dict(weights())
         model.eval().to(device)
         tap = LayerTap(model, embedding_layer) if embedding_layer else None
         decoder = ArrayDecoder(input_shape) if input_shape else ImageDecoder(preprocess)

@@ -11,7 +11,8 @@ from the pool.
   stays bounded whatever the data size).
 - Results come back in input order, whatever actor answered.
 - When an actor's stream breaks (the actor died, its node went away), its unanswered
-  batches are resent at once to live actors, and the pool's manager is asked in the
+  batches are resent at once to live actors (and so is a batch whose write found the
+  stream broken; `resent` counts both), and the pool's manager is asked in the
   background for a fresh endpoint list (it replaces dead actors first); with no live
   actor left the client waits for that list.
 - An address that does not answer fails within `connect_timeout_s`, naming it.
@@ -327,6 +328,11 @@ class PoolClient:
             except (_Unreachable, flight.FlightError, pa.ArrowException, OSError) as exc:
                 _raise_app_error(exc)
                 self._lose(uri, exc)
+                # This batch goes to another actor: a resend too. An actor that died
+                # after answering everything it had is found here, on the next write,
+                # not by its reader; which of the two sees the death first depends on
+                # timing (and on pyarrow's Flight: 19 and 26 differ), so both count.
+                self.resent += 1
 
     def _collect(self, item: _Item) -> pa.RecordBatch:
         while item.result is None:

@@ -1,7 +1,9 @@
-"""Issue 13: installable beside an existing stack.
+"""Issues 13 and 21: installable beside an existing stack, on Spark 4 or Spark 3.5.
 
-pyproject.toml declares ranges (no `==`), constraints.txt pins one tested point inside
-them, scripts/install.sh installs with it, raydp is an extra whose absence is named.
+pyproject.toml declares ranges (no `==`); each lane's constraints file pins one tested
+point inside them (constraints-spark4.txt, constraints.txt for Spark 3.5);
+scripts/install.sh LANE installs with it; raydp is an extra whose absence is named, and
+which on Spark 4 fails at once naming the Spark 3.5 lane.
 """
 
 from __future__ import annotations
@@ -24,24 +26,37 @@ def project() -> dict:
         return tomllib.load(handle)
 
 
-def constraints() -> dict[str, str]:
+#: lane -> (its constraints file, the extras install.sh installs on it)
+LANES = {"spark4": ("constraints-spark4.txt", ("dev", "bench", "mlflow", "connect")),
+         "spark35": ("constraints.txt", ("dev", "bench", "mlflow", "raydp"))}
+
+
+def this_lane() -> str:
+    import pyspark
+
+    return "spark4" if int(pyspark.__version__.split(".")[0]) >= 4 else "spark35"
+
+
+def constraints(lane: str | None = None) -> dict[str, str]:
+    filename = LANES[lane or this_lane()][0]
     pins = {}
-    with open(os.path.join(ROOT, "constraints.txt")) as handle:
+    with open(os.path.join(ROOT, filename)) as handle:
         for line in handle:
             line = line.split("#", 1)[0].strip()
             if line:
                 name, _, pinned = line.partition("==")
-                assert pinned, f"constraints.txt: {line!r} is not name==version"
+                assert pinned, f"{filename}: {line!r} is not name==version"
                 pins[canonicalize_name(name)] = pinned
     return pins
 
 
 def requirements(extras=True) -> list[Requirement]:
+    """The base dependencies, and those of `extras` (True: every extra)."""
     meta = project()["project"]
     found = [Requirement(r) for r in meta["dependencies"]]
-    if extras:
-        for group in meta["optional-dependencies"].values():
-            found += [Requirement(r) for r in group]
+    groups = meta["optional-dependencies"]
+    for group in (groups if extras is True else extras or ()):
+        found += [Requirement(r) for r in groups[group]]
     return found
 
 
@@ -53,18 +68,29 @@ def test_dependencies_are_ranges_not_pins():
         assert any(op in ("<", "<=", "~=") for op in operators), f"{requirement}: no upper bound"
 
 
-def test_constraints_pin_a_tested_point_inside_every_range():
-    pins = constraints()
-    for requirement in requirements():
+@pytest.mark.parametrize("lane", sorted(LANES))
+def test_each_lanes_constraints_pin_a_tested_point_inside_every_range(lane):
+    pins = constraints(lane)
+    for requirement in requirements(LANES[lane][1]):
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is not pinned in constraints.txt"
+        assert name in pins, f"{name} is not pinned in {LANES[lane][0]}"
         assert requirement.specifier.contains(pins[name], prereleases=True), \
             (str(requirement), pins[name])
     assert "hybrid-infer" not in pins
 
 
+def test_the_lanes_are_the_two_spark_lines():
+    spark4, spark35 = constraints("spark4"), constraints("spark35")
+    assert spark4["pyspark"].startswith("4.") and spark35["pyspark"].startswith("3.5.")
+    assert spark4["numpy"].startswith("2.") and spark35["numpy"].startswith("1.")
+    assert int(spark4["pyarrow"].split(".")[0]) >= 20
+    assert spark4["pandas"].startswith("2.")  # PySpark 4.2+ warns that pandas 3 is not fully supported
+    assert "raydp" in spark35 and "raydp" not in spark4  # no RayDP release for Spark 4
+    assert spark4["ray"] == spark35["ray"] and spark4["torch"] == spark35["torch"]
+
+
 def test_this_environment_is_the_constrained_one():
-    """What the tests run on is what constraints.txt says (install.sh checks it too).
+    """What the tests run on is what this lane's constraints say (install.sh checks it too).
     Read from the environment's site-packages, as pip does: Ray puts its own vendored
     copies (ray/thirdparty_files) on sys.path once imported."""
     import sysconfig
@@ -87,7 +113,23 @@ def test_raydp_is_an_extra_and_torch_is_the_users_choice():
     assert not torch.url and len(torch.specifier) == 2  # a range, any build (CPU or CUDA)
     with open(os.path.join(ROOT, "scripts", "install.sh")) as handle:
         script = handle.read()
-    assert re.search(r'-c constraints\.txt -e "\.\[[^\]]*raydp[^\]]*\]"', script)
+    assert re.search(r'spark35\) +constraints=constraints\.txt; +extras=[\w,]*raydp', script)
+    assert re.search(r'-c "\$constraints" -e "\.\[\$extras\]"', script)
+
+
+def test_the_raydp_mode_on_spark_4_fails_at_once_naming_the_spark_35_lane():
+    """Before any work (no Ray, no RayDP session): RayDP has no Spark 4 release."""
+    if this_lane() != "spark4":
+        pytest.skip("this environment is the Spark 3.5 lane, where the raydp mode runs "
+                    "(tests/test_raydp_mode.py)")
+    code = ("from hybrid_infer.runtime import start_raydp_spark\n"
+            "try:\n    start_raydp_spark()\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ConfigurationError"), done.stdout
+    assert "Spark 3.5" in done.stdout and "scripts/install.sh spark35" in done.stdout
 
 
 def test_license_setuptools_and_classifiers():
@@ -123,3 +165,16 @@ def test_readme_keeps_its_two_commands(command):
     with open(os.path.join(ROOT, ".ci", "run")) as handle:
         ci = handle.read()
     assert "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs" in ci
+
+
+def test_ci_runs_each_lanes_readme_test_command_exactly():
+    """Every README command that installs a lane and runs tests is a line of .ci/run."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    commands = [line for line in re.findall(r"^bash scripts/install\.sh.*pytest.*$", readme,
+                                            flags=re.M)]
+    assert len(commands) == 2, commands  # the default lane, and the other one
+    with open(os.path.join(ROOT, ".ci", "run")) as handle:
+        ci_lines = handle.read().splitlines()
+    for command in commands:
+        assert command in ci_lines, command
