@@ -8,8 +8,6 @@ the driver programs they start import them by name (`from faults import ...`).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 
@@ -19,7 +17,7 @@ SUPPORT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support")
 sys.path.insert(0, SUPPORT)
 
 from predictions import N_IMAGES, TEST_MODEL, reference_logits  # noqa: E402
-from runtime_env import RAY_ENV, start_ray_head  # noqa: E402
+from runtime_env import RAY_ENV, start_ray_head, stop_group  # noqa: E402
 
 from hybrid_infer.demo_data import generate_jpegs  # noqa: E402
 from hybrid_infer.models import ModelSpec  # noqa: E402
@@ -80,17 +78,6 @@ def ray_address(tmp_path_factory):
     yield address
     ray.shutdown()
     stop_group(head)
-
-
-def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    """Stop a process started in a session of its own, with everything it started:
-    SIGTERM to its group, SIGKILL after `timeout_s`."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.fixture(scope="session")

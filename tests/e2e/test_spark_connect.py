@@ -32,10 +32,11 @@ import time
 
 import pytest
 
-from conftest import clean_env, free_port, stop_group
+from runtime_env import clean_env, free_port, stop_group
 from hybrid_infer.demo_data import generate_jpegs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)  # tests/: the tiers' folders are below it
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 SERVER_START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 420
@@ -117,7 +118,7 @@ def run_python(code: str, *, cwd, env) -> subprocess.CompletedProcess:
 
 def _test_module(name: str) -> str:
     """The path of tests/**/NAME (tests may live in tier folders)."""
-    found = glob.glob(os.path.join(HERE, "**", name), recursive=True)
+    found = glob.glob(os.path.join(TESTS, "**", name), recursive=True)
     assert len(found) == 1, (name, found)
     return found[0]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -94,3 +95,14 @@ def free_port_pair() -> int:
                 except OSError:
                     continue
     raise RuntimeError("no two free consecutive ports on 127.0.0.1")
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a process started in a session of its own, with everything it started:
+    SIGTERM to its group, SIGKILL after `timeout_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
