@@ -105,10 +105,18 @@ def _add_progress_options(parser):
                         help="seconds between progress updates on stderr (default: 2)")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line, `hybrid-infer: error: ...` (exit 2), for every command
+    and subcommand: the usage is one `--help` away, and scripts read the reason."""
+
+    def error(self, message: str):
+        self.exit(2, f"hybrid-infer: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hybrid_infer import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="hybrid-infer",
         description="Deep-learning batch inference over Spark DataFrames on a warm Ray actor pool.",
         epilog="exit codes: 0 success, 1 runtime error, 2 usage error, 3 some rows failed "

@@ -89,14 +89,17 @@ def run_job(spark, *, input_path: str, output_path: str, model, mode: str = "hyb
 
     job = job or JobOptions()
     job = replace(job, input_col=job.input_col or "content")
-    if mode != "udf":  # the pool's actors count the job's rows under its id
-        job = replace(job, job_id=job.job_id or f"job-{uuid.uuid4().hex}")
+    # the progress line follows the job by this id: the pool's actors count its rows
+    # under it; in udf mode it names the Spark job group (or Connect session tag)
+    job_id = job.job_id or f"job-{uuid.uuid4().hex}"
+    if mode != "udf":
+        job = replace(job, job_id=job_id)
     check_output(input_path, output_path, overwrite=overwrite, spark=spark)
     existed = output_exists(output_path)
     df, listing = read_input_listed(spark, input_path, column=job.input_col,
                                     max_row_bytes=job.max_row_bytes)
     started = time.time()
-    watching = (job_progress(spark, mode=mode, job_id=job.job_id, total_rows=df.count(),
+    watching = (job_progress(spark, mode=mode, job_id=job_id, total_rows=df.count(),
                              interval_s=progress_interval_s or INTERVAL_S)
                 if progress else contextlib.nullcontext())
     try:
