@@ -7,6 +7,8 @@ batches of that stream it held at once. Run as a script, it serves in its own pr
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import threading
 import time
@@ -64,3 +66,20 @@ if __name__ == "__main__":
     server, _ = start(sys.argv[1], float(sys.argv[2]))
     print(server.uri, flush=True)
     server.serve()
+
+
+@contextlib.contextmanager
+def started(token: str):
+    """make(delay_s=0.0, **kwargs) -> (server, handler), each server shut down at the end."""
+    servers = []
+
+    def make(delay_s=0.0, **kwargs):
+        server, handler = start(token, delay_s, **kwargs)
+        servers.append(server)
+        return server, handler
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.shutdown()

@@ -54,16 +54,8 @@ def until(condition, timeout_s: float = 60.0, what: str = "the condition"):
 
 @pytest.fixture
 def servers():
-    started = []
-
-    def make(delay_s=0.0, **kwargs):
-        server, handler = flight_servers.start(TOKEN, delay_s, **kwargs)
-        started.append(server)
-        return server, handler
-
-    yield make
-    for server in started:
-        server.shutdown()
+    with flight_servers.started(TOKEN) as make:
+        yield make
 
 
 def exchange(server, header: bytes, token: str = TOKEN):

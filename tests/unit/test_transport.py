@@ -55,16 +55,8 @@ class Manager:
 
 @pytest.fixture
 def servers():
-    started = []
-
-    def make(delay_s=0.0, **kwargs):
-        server, handler = flight_servers.start(TOKEN, delay_s, **kwargs)
-        started.append(server)
-        return server, handler
-
-    yield make
-    for server in started:
-        server.shutdown()
+    with flight_servers.started(TOKEN) as make:
+        yield make
 
 
 def out_of_process(delay_s: float):
