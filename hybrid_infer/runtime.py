@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 #: Ray namespace that holds every pool's named actors.
 NAMESPACE = "hybrid_infer"
 
+#: Environment of a pool's Ray workers (its manager and actors). Ray nices worker
+#: processes to 15 so that drivers keep priority; a pool's actors do the jobs' compute,
+#: and at 15 every Spark task on their node (nice 0) would preempt the model.
+#: MALLOC_ARENA_MAX=2: fewer glibc arenas for the decode threads (bounded memory).
+POOL_WORKER_ENV = {"RAY_worker_niceness": "0", "MALLOC_ARENA_MAX": "2"}
+
 #: Loopback only: the embedded runtime never listens on another interface.
 LOOPBACK = "127.0.0.1"
 

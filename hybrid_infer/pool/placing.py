@@ -22,7 +22,7 @@ from hybrid_infer.pool.placement import (cpu_nodes, cpus_per_actor, gpus_per_act
                                          unplaced_message)
 from hybrid_infer.pool.pressure import (free_for, holders_text, other_pools, placeable,
                                         ray_resources)
-from hybrid_infer.runtime import NAMESPACE
+from hybrid_infer.runtime import NAMESPACE, POOL_WORKER_ENV
 
 log = logging.getLogger("hybrid_infer.pool.manager")  # operators read one logger
 
@@ -125,7 +125,7 @@ class Placing:
             max_concurrency=64,
             max_restarts=0,
             scheduling_strategy=strategy,
-            runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
+            runtime_env={"env_vars": POOL_WORKER_ENV},
         )
         extra = {"node_threads": node_threads} if node_threads else {}
         actor = remote_cls.remote(self.spec, self._weights.ref, self.actor_settings,

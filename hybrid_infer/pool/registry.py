@@ -26,7 +26,7 @@ from hybrid_infer.pool.manager import PLAN_LEASE_PREFIX, PoolManager
 from hybrid_infer.pool.weights_copy import unwrapped
 from hybrid_infer.pool.names import pool_names
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
-from hybrid_infer.runtime import NAMESPACE
+from hybrid_infer.runtime import NAMESPACE, POOL_WORKER_ENV
 from hybrid_infer.transport.protocol import PoolAddress
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Pool:
             manager = ray.remote(PoolManager).options(
                 name=key.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
                 num_cpus=0, max_concurrency=16, max_restarts=0,
+                runtime_env={"env_vars": POOL_WORKER_ENV},
             ).remote(key, spec, settings)
         except ValueError as exc:  # the name changed hands between Ray's look-up and create
             raise _ManagerDied(str(exc)) from None

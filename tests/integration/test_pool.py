@@ -58,6 +58,16 @@ def test_weights_live_once_in_the_object_store(warm_pool):
     assert storages[0]["backing"].keys() == storages[1]["backing"].keys()
 
 
+def test_actors_run_at_the_drivers_priority_not_rays_worker_niceness(warm_pool):
+    """Ray nices its workers to 15: an actor there would lose its CPU to every Spark task
+    of its node (nice 0). The pool's workers keep nice 0, like Spark's."""
+    import os
+
+    from actor_probes import probe
+
+    assert probe(warm_pool.actors(), lambda _: os.nice(0)) == [os.nice(0)] * 2
+
+
 SECOND_DRIVER = textwrap.dedent("""
     import json, sys
     from hybrid_infer import infer, read_images, start_runtime
