@@ -56,9 +56,9 @@ log = logging.getLogger(__name__)
 
 _END = object()
 #: A stream holding batches that hears nothing for this long counts as lost (servers
-#: send a heartbeat every second; 5 s lets a job with no live actor fail within 10 s:
-#: this, then connect_timeout_s asking the manager).
-STALL_S = 5.0
+#: send a heartbeat every second; 4 s, then connect_timeout_s (4 s) asking the
+#: manager, lets a job with no live actor fail within 10 s of losing its last link).
+STALL_S = 4.0
 
 
 class StreamStalled(ConnectionError):
@@ -83,7 +83,7 @@ def call_options(address: PoolAddress, timeout_s: float | None = None):
 
 
 def action(address: PoolAddress, uri: str, name: str, body: bytes = b"", *,
-           timeout_s: float | None = None, connect_timeout_s: float = 5.0) -> bytes:
+           timeout_s: float | None = None, connect_timeout_s: float = 4.0) -> bytes:
     """One action on one server; fails within connect_timeout_s if it does not answer."""
     client = connect(uri, address)
     try:
@@ -241,7 +241,7 @@ class PoolClient:
 
     def __init__(self, address: PoolAddress, header: bytes, *, max_in_flight: int = 2,
                  timeout_s: float = 600.0, max_attempts: int = 4,
-                 connect_timeout_s: float = 5.0):
+                 connect_timeout_s: float = 4.0):
         self._address = address
         self._header = header
         self._max_in_flight = max_in_flight
