@@ -56,8 +56,8 @@ class ModelRunner:
 
     On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
     autocast runs in the chosen precision. On CPU the module keeps the object-store
-    memory it was built on (no copy) unless channels_last or `optimize` asks for a
-    re-layout. `optimize` ("none", "freeze", "compile") is applied once, here, and
+    memory it was built on (no copy) unless `optimize` asks for a re-layout
+    (channels_last re-lays out the batches only). `optimize` ("none", "freeze", "compile") is applied once, here, and
     warmed up on `example_shape` so that its cost is paid at pool start, not by a job;
     `optimize_seconds` reports that cost.
     A batch over `max_batch_bytes`, or one hitting CUDA out-of-memory, raises a
@@ -77,7 +77,9 @@ class ModelRunner:
         self.optimize = optimize
         if self.device != "cpu":
             module = module.to(self.device)
-        if channels_last:
+        if channels_last and self.device != "cpu":
+            # on CPU the batches alone are made channels-last: convolutions follow the
+            # input's format (as fast as converting both), and the weights stay zero-copy
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self._tap = LayerTap(module, embedding_layer) if embedding_layer else None
@@ -109,13 +111,19 @@ class ModelRunner:
                 module = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
         elif optimize == "compile":
             module = torch.compile(module)
-        example = example.to(self.device)
-        if self.channels_last:
-            example = example.contiguous(memory_format=torch.channels_last)
+        example = self._in_layout(example.to(self.device))
         for _ in range(2):  # the JIT specialises over its first runs; compile on the first
             with torch.inference_mode(), self._autocast():
                 module(example)
         return module
+
+    def _in_layout(self, batch):
+        """An image batch (NCHW) in channels-last format when asked; others unchanged."""
+        import torch
+
+        if self.channels_last and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     def _autocast(self):
         import torch
@@ -181,8 +189,7 @@ class ModelRunner:
             if self._pad_to is not None and rows < self._pad_to:
                 pad = batch.new_zeros((self._pad_to - rows, *batch.shape[1:]))
                 batch = torch.cat([batch, pad])
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = self._in_layout(batch)
             with torch.inference_mode(), self._autocast():
                 output = self.module(batch)
                 if self._tap is not None:

@@ -15,19 +15,23 @@ from hybrid_infer.pool.settings import OPTIMIZATIONS, PRECISIONS, ActorSettings
 
 @dataclass(frozen=True)
 class Contender:
-    """A contender of the run: the module that runs it, and whether it uses the
-    optimised model."""
+    """A contender of the run: the module that runs it, whether it uses the optimised
+    model, and whether it is a user's own recipe (PySpark's or Ray's documented code:
+    the plain module, fp32 and contiguous, unless --precision/--channels-last tune
+    every contender alike) rather than one of the engine's modes (the device's
+    defaults, DEVICE_DEFAULTS)."""
 
     runner: str  # a module of hybrid_infer.bench.contenders (or any importable module)
     optimized: bool = False
+    recipe: bool = False
 
 
 CONTENDERS: dict[str, Contender] = {
     "ceiling": Contender("ceiling"),
     "ceiling_end": Contender("ceiling"),  # run again last: the machine's load drifts
     "udf": Contender("udf"),
-    "predict_batch_udf": Contender("predict_batch_udf"),
-    "ray_data": Contender("ray_data"),
+    "predict_batch_udf": Contender("predict_batch_udf", recipe=True),
+    "ray_data": Contender("ray_data", recipe=True),
     "hybrid": Contender("hybrid"),
     "hybrid_optimized": Contender("hybrid", optimized=True),
     # hybrid's cold job in a session already holding two idle pools of other models
@@ -113,11 +117,22 @@ class BenchConfig:
                                      "comma separated") from None
         if self.full:
             self.sweep_sizes, self.sweep_partitions = "256,1024,4096", "2,8,32"
-        cuda = self.device == "cuda"
-        self.precision = self.precision or ("bf16" if cuda else "fp32")
-        self.channels_last = cuda if self.channels_last is None else self.channels_last
+        #: forward-pass options given on the command line: they tune every contender
+        self.tuned_forward = [name for name in ("precision", "channels_last")
+                              if getattr(self, name) is not None]
+        engine = ActorSettings(precision=self.precision, channels_last=self.channels_last
+                               ).for_device(self.device)
+        self.precision, self.channels_last = engine.precision, engine.channels_last
         if self.optimize == "freeze" and self.precision != "fp32":
             self.optimize = "compile"  # TorchScript freeze runs fp32 only
+
+    def forward(self, contender: Contender) -> tuple[str, bool]:
+        """(precision, channels_last) of a contender: the engine's (given or the device's
+        defaults); a user's recipe runs the plain module unless they were given."""
+        if not contender.recipe:
+            return self.precision, self.channels_last
+        return (self.precision if "precision" in self.tuned_forward else "fp32",
+                self.channels_last if "channels_last" in self.tuned_forward else False)
 
     @property
     def names(self) -> list[str]:
@@ -132,7 +147,7 @@ class BenchConfig:
         return _ints(self.sweep_partitions)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "tuned_forward": self.tuned_forward}
 
 
 def _ints(text: str) -> list[int]:

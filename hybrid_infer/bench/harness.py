@@ -93,13 +93,14 @@ def contender_config(name: str, args: BenchConfig, image_dir: str,
     contender = CONTENDERS[name]
     runner = contender.runner
     work_dir = os.path.join(run_dir, name)
+    precision, channels_last = args.forward(contender)
     return ContenderConfig(
         name=name, runner=runner, image_dir=image_dir, work_dir=work_dir,
         stamp_dir=os.path.join(work_dir, "stamps"), model=args.model, seed=0,
         batch_size=args.batch_size, device=args.device,
         # the ceiling measures the machine: every core unless tuned
         threads=(args.threads or os.cpu_count() or 1) if runner == "ceiling" else args.threads,
-        precision=args.precision, channels_last=args.channels_last,
+        precision=precision, channels_last=channels_last,
         optimize=args.optimize if (contender.optimized or runner == "ceiling") else "none",
         spark_slots=args.spark_slots, rows=args.images, decode_threads=2,
         actors=args.actors, streams=args.streams,
@@ -190,8 +191,11 @@ def equality(results: dict, run_dir: str, args: BenchConfig) -> dict:
         if candidate is None:
             checks[name] = {"equal": False, "reason": "no logits written"}
             continue
-        # the udf recipe always computes in fp32; every other mode in args.precision
-        precision = "fp32" if name == "udf" and args.device == "cpu" else args.precision
+        # the reference (the ceiling) computes in args.precision, a recipe perhaps in
+        # fp32: the looser of the two sets the tolerance
+        precision = args.precision
+        if precision == "fp32":
+            precision = args.forward(CONTENDERS[name])[0]
         checks[name] = report.check_equal(reference, candidate, precision)
     optimized = report.load_logits(os.path.join(run_dir, "ceiling"),
                                    f"logits_{args.optimize}.npz")

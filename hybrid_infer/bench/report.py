@@ -114,14 +114,22 @@ def tuning_line(config: dict) -> str:
     """What the contenders were tuned with: each on its defaults, or one tuning for all."""
     tuned = {name: config.get(name) for name in ("threads", "actors")
              if config.get(name) is not None}
+    tuned.update({name: config.get(name) for name in config.get("tuned_forward", [])})
+    forward = ("" if {"precision", "channels_last"} <= set(tuned) else
+               " Forward pass: the engine's modes and the ceiling use the device's defaults "
+               f"(here {config.get('precision')}"
+               + (", channels_last" if config.get("channels_last") else "")
+               + "); predict_batch_udf and ray_data run the plain module as their docs "
+                 "do (fp32, contiguous) unless --precision/--channels-last are given.")
     if not tuned:
         return ("Tuning: none. Every contender runs on its own defaults (predict_batch_udf "
                 "and udf: torch's threads in each Spark worker; hybrid: the pool's sizing "
-                "rule, a CPU pool on its node's cores); the ceiling uses every core.")
+                "rule, a CPU pool on its node's cores); the ceiling uses every core."
+                + forward)
     return ("Tuning, given to every contender alike: "
             + ", ".join(f"{name}={value}" for name, value in tuned.items())
             + " (hybrid and Ray Data: threads split between actors; predict_batch_udf "
-              "and udf: threads split across Spark task slots).")
+              "and udf: threads split across Spark task slots)." + forward)
 
 
 def sweep_curves(results: dict, config: dict) -> dict:

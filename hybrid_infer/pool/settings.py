@@ -36,7 +36,7 @@ OPTIMIZATIONS = ("none", "freeze", "compile")
 DECODES = ("auto", "gpu", "cpu")
 #: Defaults resolved per device (ActorSettings.for_device): a GPU needs large batches
 #: (ResNet-50 at batch 32 reaches 31% of batch 256 on an H200) and bf16 + channels_last.
-DEVICE_DEFAULTS = {"cpu": {"batch_size": 32, "precision": "fp32", "channels_last": False},
+DEVICE_DEFAULTS = {"cpu": {"batch_size": 32, "precision": "fp32", "channels_last": True},
                    "cuda": {"batch_size": 256, "precision": "bf16", "channels_last": True}}
 
 
@@ -59,7 +59,8 @@ class ActorSettings:
     """What and how each actor computes: every field is part of the pool key.
 
     batch_size, precision, channels_last: None means the device's default
-    (DEVICE_DEFAULTS: 32 / fp32 on CPU; 256 / bf16 + channels_last on CUDA).
+    (DEVICE_DEFAULTS: 32 / fp32 + channels_last on CPU; 256 / bf16 + channels_last on
+    CUDA).
     decode: "auto" (on the GPU when the actor has one, else today's CPU decode), "gpu"
     (JPEGs decoded batched on the actor's device; on a CPU actor torchvision's CPU
     decoder stands in for nvJPEG), or "cpu" (PIL; on a GPU actor in worker processes,
@@ -67,7 +68,10 @@ class ActorSettings:
     batch_size: rows an actor computes at once, shared by its streams.
     device: "auto" (a GPU when the actor has one), "cpu" or "cuda".
     precision: autocast dtype ("fp32" disables autocast).
-    channels_last: run the model in channels-last memory format.
+    channels_last: run the model in channels-last memory format. On CPU only the
+    batches are made channels-last (convolutions follow their input's format, 1.3x to
+    1.5x faster for torchvision's CNNs on oneDNN), so the weights stay the object
+    store's single copy; on a GPU the module is converted too.
     optimize: a one-time optimisation paid once per actor at pool start: "freeze"
     (TorchScript freeze + optimize_for_inference: conv-bn folding, fused ops, fp32
     predictions unchanged within 1e-4) or "compile" (torch.compile). Either gives each

@@ -183,6 +183,16 @@ def test_every_contender_runs_on_its_defaults_unless_one_tuning_is_given_to_all(
     assert untuned.startswith("Tuning: none") and "own defaults" in untuned
     tuned = report.tuning_line({"threads": 2, "actors": None})
     assert "every contender alike: threads=2" in tuned
+    # the forward pass: the engine's modes on the device's defaults (CPU: fp32,
+    # channels_last), a user's recipe on the plain module unless it is given to all
+    plain, given = parse_args([]), parse_args(["--no-channels-last", "--precision", "bf16"])
+    assert plain.forward(CONTENDERS["hybrid"]) == ("fp32", True)
+    assert plain.forward(CONTENDERS["predict_batch_udf"]) == ("fp32", False)
+    assert parse_args(["--channels-last"]).forward(CONTENDERS["ray_data"]) == ("fp32", True)
+    assert {given.forward(CONTENDERS[name]) for name in ("hybrid", "predict_batch_udf")} \
+        == {("bf16", False)}
+    assert "plain module" in report.tuning_line(plain.as_dict())
+    assert "channels_last=False" in report.tuning_line(given.as_dict())
     config = {"images": 64, "small_rows": 8, "partitions": 2}
     job = {"label": "main", "rows": 64, "partitions": 2}
     results = {name: {"jobs": [{**job, "runs": [{"wall_s": wall, "first_result_s": 1,

@@ -235,10 +235,33 @@ def test_model_failure_splits_and_fails_only_the_row(model, jpegs):
 
 # --- settings -------------------------------------------------------------------------
 
+def test_channels_last_on_cpu_lays_out_the_batches_and_leaves_the_weights_shared():
+    import torchvision
+
+    from hybrid_infer.actor.runner import ModelRunner
+
+    module = torchvision.models.resnet18(num_classes=10).eval()
+    addresses = [p.data_ptr() for p in module.parameters()]
+    runner = ModelRunner(module, device="cpu", channels_last=True)
+    assert [p.data_ptr() for p in runner.module.parameters()] == addresses  # no copy
+    seen = []
+    module.conv1.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    batch = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        plain = module(batch).numpy()
+    assert seen == [False]
+    np.testing.assert_allclose(runner.forward(batch), plain, atol=1e-5, rtol=0)
+    assert seen == [False, True]
+    linear = ModelRunner(torch.nn.Linear(4, 2), device="cpu", channels_last=True)
+    assert linear.forward(torch.rand(3, 4)).shape == (3, 2)  # not an image batch: as is
+
+
 def test_device_defaults_and_decode_setting():
     from hybrid_infer.errors import ConfigurationError
 
-    assert ActorSettings().for_device("cpu").batch_size == 32
+    cpu = ActorSettings().for_device("cpu")
+    assert (cpu.batch_size, cpu.precision, cpu.channels_last) == (32, "fp32", True)
     cuda = ActorSettings().for_device("cuda")
     assert (cuda.batch_size, cuda.precision, cuda.channels_last) == (256, "bf16", True)
     explicit = ActorSettings(batch_size=8, precision="fp32", channels_last=False)
