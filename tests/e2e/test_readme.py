@@ -1,7 +1,9 @@
-"""Every Python example and shell command in README.md, run as a user would run it.
+"""Every Python example and shell command of the documentation, run as a user would run it.
 
-The blocks are read from README.md itself (fenced ```python and ```bash), so README
-cannot drift from the code. Each runs in a fresh subprocess with a clean environment
+The blocks are read from the files themselves (fenced ```python and ```bash of README.md,
+docs/*.md and benchmarks/README.md: doc_blocks.DOC_FILES), so the docs cannot drift from
+the code. Each example is one test, named by its file and line; each runs once. Each
+runs in a fresh subprocess with a clean environment
 (the venv's bin first on PATH, HOME, JAVA_HOME if set, a private TMPDIR; nothing
 RAY_*, no PYTHONPATH) in a scratch folder holding what the examples name: images/
 (JPEGs from hybrid_infer.demo_data), resnet50.pt, labels.txt, mypkg/nets.py,
@@ -16,8 +18,9 @@ A block may be annotated by an HTML comment on the line before its fence:
                                        defines what the block uses but does not make)
     <!-- test: given="COMMAND" -->     COMMAND (in the block) is taken as done: the
                                        tests run inside what it made (the installed venv)
-    <!-- test: group=NAME -->          the blocks of one group run in one process, in
-                                       README order (consecutive examples of one section)
+    <!-- test: group=NAME -->          the blocks of one group (in one file) run in one
+                                       process, in file order (consecutive examples of
+                                       one section)
 
 Any other key, or a skip without a reason, fails test_annotations_are_well_formed.
 """
@@ -26,19 +29,18 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-from dataclasses import dataclass, field
 
 import psutil
 import pytest
 
+from doc_blocks import DOC_FILES, README, Block, doc_blocks
 from paths import REPO
-README = os.path.join(REPO, "README.md")
+
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 VENV_BIN = os.path.dirname(sys.executable)
 BLOCK_TIMEOUT_S = 600
@@ -81,67 +83,26 @@ SETUPS = {
 }
 
 
-@dataclass
-class Block:
-    line: int  # of the opening fence, 1-based
-    lang: str
-    code: str
-    heading: str
-    options: dict = field(default_factory=dict)
-    annotation_line: int | None = None
-
-    @property
-    def label(self) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
-        return f"L{self.line}-{self.lang}-{slug}"
-
-
-def parse_annotation(text: str) -> dict:
-    options = {}
-    for token in shlex.split(text):
-        key, _, value = token.partition("=")
-        options[key] = value if _ else True
-    return options
-
-
 def readme_blocks(path: str = README) -> list[Block]:
-    lines = open(path).read().splitlines()
-    blocks, heading, index = [], "", 0
-    while index < len(lines):
-        line = lines[index]
-        if line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        fence = re.match(r"^```(\w*)\s*$", line)
-        if fence:
-            end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
-            block = Block(index + 1, fence.group(1), "\n".join(lines[index + 1:end]) + "\n",
-                          heading)
-            previous = index - 1
-            annotation = re.match(r"^<!--\s*test:(.*?)-->\s*$", lines[previous]) \
-                if previous >= 0 else None
-            if annotation:
-                block.options = parse_annotation(annotation.group(1))
-                block.annotation_line = previous + 1
-            blocks.append(block)
-            index = end
-        index += 1
-    return blocks
+    """README's blocks (or another documentation file's): what test_spark_connect reads."""
+    return doc_blocks(path)
 
 
-BLOCKS = [b for b in readme_blocks() if b.lang in ("python", "bash")]
+BLOCKS = [b for path in DOC_FILES for b in doc_blocks(path) if b.lang in ("python", "bash")]
 
 
-def test_annotations_are_well_formed():
-    text = open(README).read().splitlines()
-    annotated = {b.annotation_line for b in readme_blocks() if b.annotation_line}
+@pytest.mark.parametrize("path", DOC_FILES)
+def test_annotations_are_well_formed(path):
+    text = open(os.path.join(REPO, path)).read().splitlines()
+    annotated = {b.annotation_line for b in doc_blocks(path) if b.annotation_line}
     for number, line in enumerate(text, 1):
         if line.lstrip().startswith("<!-- test:"):  # prose may quote the convention
-            assert number in annotated, f"README.md:{number}: an annotation must sit on " \
+            assert number in annotated, f"{path}:{number}: an annotation must sit on " \
                                         "the line just before a fence"
-    for block in readme_blocks():
+    for block in doc_blocks(path):
         if not block.options:
             continue
-        where = f"README.md:{block.annotation_line}"
+        where = f"{path}:{block.annotation_line}"
         assert block.lang in ("python", "bash"), f"{where}: only python/bash blocks run"
         assert set(block.options) <= KEYS, f"{where}: unknown keys {set(block.options) - KEYS}"
         if "skip" in block.options:
@@ -153,17 +114,28 @@ def test_annotations_are_well_formed():
             assert block.options["given"] in block.code, f"{where}: given text not in block"
 
 
+def test_every_example_runs_once():
+    """No example is shown, and so run, twice across the documentation files."""
+    runnable = [b for b in BLOCKS if "skip" not in b.options]
+    seen: dict[str, str] = {}
+    for block in runnable:
+        other = seen.setdefault(block.code.strip(), f"{block.path}:{block.line}")
+        assert other == f"{block.path}:{block.line}", \
+            f"{block.path}:{block.line} repeats the example at {other}"
+
+
 def groups() -> list[list[Block]]:
     """Runnable units: one block, or every block of a group (at its first block)."""
     units, by_group = [], {}
     for block in BLOCKS:
         name = block.options.get("group")
-        if name and name in by_group:
-            by_group[name].append(block)
+        key = (block.path, name)  # a group lies within one file
+        if name and key in by_group:
+            by_group[key].append(block)
             continue
         unit = [block]
         if name:
-            by_group[name] = unit
+            by_group[key] = unit
         units.append(unit)
     return units
 
@@ -174,7 +146,7 @@ UNITS = groups()
 # -- the scratch folder the examples run in ---------------------------------------------
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """What README's examples name, made once."""
+    """What the examples name, made once."""
     import torch
     import torchvision
     from safetensors.torch import save_file
@@ -184,7 +156,7 @@ def assets(tmp_path_factory):
     directory = tmp_path_factory.mktemp("readme_assets")
     generate_jpegs(str(directory / "images"), 4, seed=3, min_side=120, max_side=300)
     torch.save(torchvision.models.resnet50().state_dict(), directory / "resnet50.pt")
-    # The pretrained weights README's examples name, already in torch's hub cache (no
+    # The pretrained weights the examples name, already in torch's hub cache (no
     # model hub is reachable here): random values under torchvision's own file names.
     for name in ("resnet18", "resnet50"):
         entry = torchvision.models.get_model_weights(name).DEFAULT
@@ -230,7 +202,7 @@ def workdir(assets, tmp_path):
             shutil.copytree(source, tmp_path / entry)  # a real folder, as a user's is
         else:
             os.symlink(source, tmp_path / entry)
-    # what README's commands name in a checkout; not the package itself, so that the
+    # what the commands name in a checkout; not the package itself, so that the
     # examples import the installed hybrid_infer, as a user's script would
     os.symlink(os.path.join(REPO, "scripts"), tmp_path / "scripts")
     os.symlink(VENV, tmp_path / ".venv")
@@ -279,17 +251,18 @@ def script_for(unit: list[Block]) -> tuple[str, str]:
             code = code.replace(given, "true" if block.lang == "bash" else "")
         before, after = SETUPS.get(block.options.get("setup"), ("", ""))
         if block.lang == "python":
-            parts.append(f"print('== README.md line {block.line}', flush=True)\n"
+            parts.append(f"print('== {block.path} line {block.line}', flush=True)\n"
                          f"{before}\n{code}\n{after}")
         else:
-            parts.append(f"echo '== README.md line {block.line}'\n{before}{code}\n{after}")
+            parts.append(f"echo '== {block.path} line {block.line}'\n{before}{code}\n{after}")
     header = "set -euo pipefail\n" if unit[0].lang == "bash" else ""
     return unit[0].lang, header + "\n".join(parts)
 
 
 def run_unit(unit: list[Block], directory) -> tuple[int | None, str]:
     lang, script = script_for(unit)
-    path = directory / f"readme_L{unit[0].line}.{'py' if lang == 'python' else 'sh'}"
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", unit[0].path)
+    path = directory / f"{stem}_L{unit[0].line}.{'py' if lang == 'python' else 'sh'}"
     path.write_text(script)
     command = [os.path.join(VENV_BIN, "python"), path.name] if lang == "python" \
         else ["bash", path.name]
@@ -314,19 +287,20 @@ def test_readme_example(unit, workdir):
     skipped = [b for b in unit if "skip" in b.options]
     if skipped:
         block = skipped[0]
-        pytest.skip(f"README.md:{block.line}: {block.options['reason']}")
+        pytest.skip(f"{block.path}:{block.line}: {block.options['reason']}")
     code, output = run_unit(unit, workdir)
-    lines = ", ".join(str(b.line) for b in unit)
-    assert code is not None, (f"README.md block(s) at line {lines} still running after "
-                              f"{BLOCK_TIMEOUT_S} s:\n{output[-4000:]}")
-    assert code == 0, f"README.md block(s) at line {lines} exited {code}:\n{output[-4000:]}"
+    where = f"{unit[0].path} block(s) at line {', '.join(str(b.line) for b in unit)}"
+    assert code is not None, (f"{where} still running after {BLOCK_TIMEOUT_S} s:\n"
+                              f"{output[-4000:]}")
+    assert code == 0, f"{where} exited {code}:\n{output[-4000:]}"
 
 
-# -- the command lines README shows, against the CLI's own --help -------------------------
+# -- the command lines the docs show, against the CLI's own --help -------------------------
 def shown_cli_options() -> dict[tuple[str, ...], set[str]]:
-    """(subcommand words) -> every --option README shows with it, in any fenced block."""
+    """(subcommand words) -> every --option the documentation shows with it, in any
+    fenced block of any of its files."""
     shown: dict[tuple[str, ...], set[str]] = {}
-    for block in readme_blocks():
+    for block in (b for path in DOC_FILES for b in doc_blocks(path)):
         text = block.code.replace("\\\n", " ")
         if not block.lang:  # a synopsis: indented lines continue the command above
             text = re.sub(r"\n\s{2,}(?=\[|--)", " ", text)
@@ -346,12 +320,12 @@ def shown_cli_options() -> dict[tuple[str, ...], set[str]]:
     return shown
 
 
-def test_every_command_line_option_readme_shows_exists():
+def test_every_command_line_option_the_docs_show_exists():
     for command, options in sorted(shown_cli_options().items()):
         done = subprocess.run([sys.executable, "-m", "hybrid_infer.cli", *command, "--help"],
                               capture_output=True, text=True, timeout=120,
                               env=clean_env(tempfile.gettempdir()), cwd=REPO)
         assert done.returncode == 0, (command, done.stderr[-2000:])
         missing = sorted(o for o in options if o not in done.stdout)
-        assert not missing, f"README shows `hybrid-infer {' '.join(command)}` with " \
+        assert not missing, f"the docs show `hybrid-infer {' '.join(command)}` with " \
                             f"{missing}, which its --help does not list"

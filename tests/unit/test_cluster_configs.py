@@ -22,6 +22,7 @@ import yaml
 from hybrid_infer.cli import build_parser
 from hybrid_infer.runtime import JAVA17_OPTIONS_STR
 
+from doc_blocks import DOC_FILES
 from paths import REPO as ROOT
 CONFIGS = os.path.join(ROOT, "cluster_configs")
 K8S = os.path.join(CONFIGS, "kubernetes")
@@ -355,9 +356,11 @@ def test_ray_on_spark_gives_each_ray_node_its_spark_tasks_gpus():
 def test_readme_ray_start_binds_to_loopback():
     """`--node-ip-address=127.0.0.1` alone is rewritten to the routable address, and the
     GCS and raylet listen there; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 they keep
-    127.0.0.1 (what the embedded runtime does, hybrid_infer.runtime)."""
-    with open(os.path.join(ROOT, "README.md")) as handle:
-        lines = [ln for ln in handle if "ray start --head" in ln and "127.0.0.1" in ln]
+    127.0.0.1 (what the embedded runtime does, hybrid_infer.runtime). README and docs/."""
+    lines = []
+    for path in DOC_FILES:
+        with open(os.path.join(ROOT, path)) as handle:
+            lines += [ln for ln in handle if "ray start --head" in ln and "127.0.0.1" in ln]
     assert lines
     for line in lines:
         assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start" in line, line
@@ -371,10 +374,10 @@ COMMAND = re.compile(r"(?:^\s*(?:#\s*)?(?:\$\s*)?|--\s+|&&\s+|\S/)hybrid-infer\s
 
 
 def shown_commands() -> list[tuple[str, str]]:
-    """(file, command line) for every command the examples and the README show,
-    usage synopses (`[--opt]`, `a|b`, `...`) left out."""
+    """(file, command line) for every command the examples and the documentation (README,
+    docs/, benchmarks/README.md) show, usage synopses (`[--opt]`, `a|b`, `...`) left out."""
     found = []
-    for path in config_files() + [os.path.join(ROOT, "README.md")]:
+    for path in config_files() + [os.path.join(ROOT, p) for p in DOC_FILES]:
         with open(path) as handle:
             for line in handle:
                 match = COMMAND.search(line)
@@ -391,7 +394,12 @@ def test_the_examples_show_commands():
 
 @pytest.mark.parametrize("path,command", shown_commands())
 def test_shown_command_parses_with_the_cli(path, command):
-    build_parser().parse_args(shlex.split(command))  # SystemExit on an unknown option
+    words = shlex.split(command)
+    if words[0] == "bench":  # `hybrid-infer bench` hands its words to the benchmark's parser
+        from hybrid_infer.bench.config import build_parser as bench_parser
+        bench_parser().parse_args(words[1:])  # SystemExit on an unknown option
+        return
+    build_parser().parse_args(words)  # SystemExit on an unknown option
 
 
 # -- (b) Ray on Spark and (d) RayDP: Python examples -----------------------------------------
