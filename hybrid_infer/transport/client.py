@@ -394,7 +394,7 @@ class PoolClient:
                 "manager, which adopts the pool's live actors or starts new ones (or "
                 "hybrid-infer pool start). If the pool runs, a firewall between this host "
                 "and the pool's may drop its ports: open the pool's flight_port_range "
-                "(README: Ports to open)") from None
+                "(docs/operations.md: Ports to open)") from None
         return json.loads(body)["actors"]
 
     def _use(self, endpoints: list[str]) -> None:

@@ -17,7 +17,7 @@ from hybrid_infer.models import ModelSpec
 def run(config: ContenderConfig) -> dict:
     """The way Ray's documentation does batch inference, fed from Spark by RayDP.
 
-    RayDP's Spark must be the first Spark JVM of this process (README, Modes), and its JVMs
+    RayDP's Spark must be the first Spark JVM of this process (docs/api.md, Modes), and its JVMs
     need Java 17's --add-opens flags, passed to Ray's Java workers and to every JVM.
     """
     import ray
