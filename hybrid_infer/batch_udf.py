@@ -66,7 +66,7 @@ def predict_batch_udf(
         f"return_type={type_text} batch_size={batch_size} "
         f"input_tensor_shapes={input_tensor_shapes!r} input_names={input_names!r}",
     )
-    settings = (pool or PoolSettings()).replace(batch_size=batch_size)
+    settings = (pool or PoolSettings()).with_parts({"actor": {"batch_size": batch_size}})
     connect_ray(ray_address)
     made: dict = {}
 

@@ -87,7 +87,7 @@ class Pool:
                             f"not {key.describe()}: stop it first")
         if not pool._call("is_started", died=_ManagerDied):
             started = time.perf_counter()
-            num_actors = settings.placement.bounded(settings.num_actors or _default_num_actors())
+            num_actors = settings.placement.bounded(settings.placement.num_actors or _default_num_actors())
             pool._call("start", num_actors, *start_arguments(spec), died=_ManagerDied)
             log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
                      spec.identity, num_actors, time.perf_counter() - started)

@@ -244,13 +244,13 @@ def test_device_defaults_and_decode_setting():
     explicit = ActorSettings(batch_size=8, precision="fp32", channels_last=False)
     assert explicit.for_device("cuda") == explicit
     assert ActorSettings(optimize="freeze").for_device("cuda").precision == "fp32"
-    assert PoolSettings(decode="cpu").compute_settings()["decode"] == "cpu"
+    assert PoolSettings(decode="cpu").actor.decode == "cpu"
     with pytest.raises(ConfigurationError):
         ActorSettings(decode="nvjpeg")
     from hybrid_infer.cli import _pool_settings, build_parser
 
     args = build_parser().parse_args(["pool", "start", "--decode", "cpu", "--no-channels-last"])
-    settings = _pool_settings(args)
+    settings = _pool_settings(args).actor
     assert settings.decode == "cpu" and settings.channels_last is False
     assert settings.batch_size is None and settings.precision is None
 
