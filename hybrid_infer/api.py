@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, replace
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.models import model_spec, warn_if_random
-from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PARTS, PoolSettings, route_fields
 from hybrid_infer.row_limits import (DEFAULT_MAX_ROW_BYTES, REFUSAL_COL, check_limit,
                                      merge_refusals, refuse_oversized)
+from hybrid_infer.transport.protocol import RequestOptions
 
 MODES = ("hybrid", "raydp", "udf")
 

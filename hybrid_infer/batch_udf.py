@@ -22,9 +22,10 @@ from pyspark.ml.functions import (
     _validate_and_transform_single_input,
 )
 
-from hybrid_infer.actor.predict_fn import PredictFnSpec, PredictRequest
+from hybrid_infer.actor.predict_fn import PredictFnSpec
 from hybrid_infer.pool.settings import PoolSettings
-from hybrid_infer.transport.protocol import batch_object, encode_header, object_batch
+from hybrid_infer.transport.protocol import (PredictRequest, batch_object, encode_header,
+                                             object_batch)
 
 # The predict function's parameter names, per pool (asked once per driver process).
 _PARAMETER_NAMES: dict[str, list[str]] = {}

@@ -18,7 +18,8 @@ from PIL import Image
 from hybrid_infer.actor.cpu_decode import CpuDecodePool
 from hybrid_infer.actor.device_decode import normalize, resize_crop_into
 from hybrid_infer.actor.device_pipeline import binary_buffers
-from hybrid_infer.actor.inference import InferenceActor, RequestOptions
+from hybrid_infer.actor.inference import InferenceActor
+from hybrid_infer.transport.protocol import RequestOptions
 from hybrid_infer.decode import (ImageDecoder, Preprocess, decode_uint8, device_decodable,
                                  jpeg_header)
 from hybrid_infer.demo_data import generate_jpegs
