@@ -20,10 +20,9 @@ import time
 import uuid
 from dataclasses import asdict, replace
 
-from hybrid_infer.errors import PoolError
+from hybrid_infer.errors import PoolError, unwrapped
 from hybrid_infer.pool.control import cluster_gpus
 from hybrid_infer.pool.manager import PLAN_LEASE_PREFIX, PoolManager
-from hybrid_infer.pool.weights_copy import unwrapped
 from hybrid_infer.pool.names import pool_names
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from hybrid_infer.decode import Preprocess
+from hybrid_infer.errors import rebuilt
 
 AUTH_HEADER = "authorization"
 #: marks FlightServerError.extra_info of an error raised by the served code itself
@@ -155,21 +155,9 @@ def app_error_info(exc: BaseException) -> bytes:
 
 def rebuild_app_error(extra_info: bytes | None) -> Exception | None:
     """The served code's exception, with its own type when it is the engine's or a
-    builtin one (else a RuntimeError naming it); None for a transport failure."""
+    builtin one (errors.rebuilt; else a RuntimeError naming it); None for a transport
+    failure."""
     if not extra_info or not extra_info.startswith(APP_ERROR):
         return None
     info = json.loads(extra_info[len(APP_ERROR):])
-    message = info["message"]
-    cls = None
-    if info["module"] == "hybrid_infer.errors":
-        from hybrid_infer import errors
-
-        cls = getattr(errors, info["type"], None)
-    elif info["module"] == "builtins":
-        cls = getattr(builtins, info["type"], None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(message)
-        except TypeError:
-            pass
-    return RuntimeError(f"{info['module']}.{info['type']}: {message}")
+    return rebuilt(info["module"], info["type"], info["message"])
