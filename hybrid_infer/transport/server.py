@@ -186,10 +186,6 @@ class FlightService(flight.FlightServerBase):
         """Also accept `token` from now on; the token accepted last before stays valid."""
         self._gatekeeper.accept(token)
 
-    @property
-    def calls_refused(self) -> int:
-        return self._gatekeeper.refused
-
     def _busy(self, gate_port: int) -> bool:
         return self._computing[gate_port] > 0
 
