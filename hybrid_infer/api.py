@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, replace
 from hybrid_infer.decode import Preprocess
 from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.models import model_spec, warn_if_random
-from hybrid_infer.actor.inference import RequestOptions
 from hybrid_infer.pool.settings import PARTS, PoolSettings, route_fields
 from hybrid_infer.row_limits import (DEFAULT_MAX_ROW_BYTES, REFUSAL_COL, check_limit,
                                      merge_refusals, refuse_oversized)
+from hybrid_infer.transport.protocol import RequestOptions
 
 MODES = ("hybrid", "raydp", "udf")
 
@@ -90,6 +90,16 @@ class JobOptions:
 _GROUPS = {"model": ModelSource, "job": JobOptions, **PARTS}
 
 
+def _settings(job: JobOptions | None, pool: PoolSettings | None,
+              keywords: dict) -> tuple[ModelSource, JobOptions, PoolSettings]:
+    """The one place an entry point's keyword settings are routed: each keyword to the
+    group that owns it, overriding that field of `job` or `pool`."""
+    given = route_fields(keywords, _GROUPS, "infer()")
+    job = replace(job or JobOptions(), **given["job"])
+    pool = (pool or PoolSettings()).with_parts({part: given[part] for part in PARTS})
+    return ModelSource(**given["model"]), job, pool
+
+
 def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None = None,
           pool: PoolSettings | None = None, ray_address: str | None = None, **settings):
     """Run a model over `df` and return DataFrame(id_cols..., prediction, error[, top_k]).
@@ -107,10 +117,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
     """
     if mode not in MODES:
         raise ConfigurationError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    given = route_fields(settings, _GROUPS, "infer()")
-    job = replace(job or JobOptions(), **given["job"])
-    pool = (pool or PoolSettings()).replace(**{k: v for part in PARTS
-                                               for k, v in given[part].items()})
+    source, job, pool = _settings(job, pool, settings)
     if mode == "udf":
         from hybrid_infer.modes.udf import check_udf_settings
 
@@ -119,7 +126,7 @@ def infer(df, model="resnet18", *, mode: str = "hybrid", job: JobOptions | None 
         from hybrid_infer.modes.raydp import check_raydp_session
 
         check_raydp_session(df.sparkSession)  # before any work: RayDP, Spark 3.5, its session
-    spec = model_spec(model, **asdict(ModelSource(**given["model"])))
+    spec = model_spec(model, **asdict(source))
     warn_if_random(spec)
     input_col = job.input_col or _default_input_col(df)
     id_cols = _resolve_id_cols(df, input_col, job.id_cols, binary=job.input_shape is None)

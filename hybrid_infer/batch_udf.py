@@ -22,9 +22,10 @@ from pyspark.ml.functions import (
     _validate_and_transform_single_input,
 )
 
-from hybrid_infer.actor.predict_fn import PredictFnSpec, PredictRequest
+from hybrid_infer.actor.predict_fn import PredictFnSpec
 from hybrid_infer.pool.settings import PoolSettings
-from hybrid_infer.transport.protocol import batch_object, encode_header, object_batch
+from hybrid_infer.transport.protocol import (PredictRequest, batch_object, encode_header,
+                                             object_batch)
 
 # The predict function's parameter names, per pool (asked once per driver process).
 _PARAMETER_NAMES: dict[str, list[str]] = {}
@@ -66,7 +67,7 @@ def predict_batch_udf(
         f"return_type={type_text} batch_size={batch_size} "
         f"input_tensor_shapes={input_tensor_shapes!r} input_names={input_names!r}",
     )
-    settings = (pool or PoolSettings()).replace(batch_size=batch_size)
+    settings = (pool or PoolSettings()).with_parts({"actor": {"batch_size": batch_size}})
     connect_ray(ray_address)
     made: dict = {}
 

@@ -28,8 +28,8 @@ def _pool_settings(args):
     from hybrid_infer.pool.settings import PoolSettings
 
     try:
-        return PoolSettings(**{name: value for part in PARTS.values()
-                               for name, value in dataclass_values(args, part).items()})
+        return PoolSettings(**{name: part(**dataclass_values(args, part))
+                               for name, part in PARTS.items()})
     except ConfigurationError as exc:
         raise UsageError(with_option_names(str(exc), *PARTS.values())) from exc
 

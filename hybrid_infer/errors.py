@@ -1,16 +1,24 @@
-"""Exceptions the engine raises for problems the user can fix, and the one place that
-turns Spark's wrapped errors back into them.
+"""Exceptions the engine raises for problems the user can fix, and the one module that
+turns errors from elsewhere back into them.
 
-An engine error raised in a Spark task (or inside a Ray actor the task called) reaches
-the driver as text: a Python traceback inside Spark's PythonException or a Py4J Java
-error. Its last line names the exception's type, `hybrid_infer.errors.PoolError:
-message`; `from_spark` looks that type name up and rebuilds the engine's own error.
-Errors raised by a Spark expression (fail_fast's `raise_error`) start their message
-with the same type name, so the same lookup finds them.
+Each engine error is raised with its own type where it happens (a batch past its
+batch_timeout_s raises PoolTimeoutError in the actor or the task); nothing here
+guesses an engine error from a builtin one, so a user's own TimeoutError stays a
+TimeoutError. Three ways an error comes back, one function each:
+
+- from a Spark job (or a Py4J call, or a Ray actor's failed constructor), as text: a
+  traceback whose last engine line reads `hybrid_infer.errors.PoolError: message`;
+  `from_spark` looks up the engine's type names only, never a user's or a builtin
+  type. Errors raised by a Spark expression (fail_fast's `raise_error`) start their
+  message with the same type name, so the same lookup finds them;
+- from a Ray task or actor method: `unwrapped` takes the engine error Ray carries;
+- from a pool's Flight server (transport/protocol.py sends a type's module, name and
+  message): `rebuilt` raises the engine's or a builtin type again.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import re
 
@@ -50,8 +58,9 @@ class PoolTimeoutError(PoolError, TimeoutError):
     """A batch got no answer from the pool within batch_timeout_s."""
 
 
-#: Builtin exceptions a task raises for the engine, by the name a traceback prints.
-_BUILTINS = {"TimeoutError": PoolTimeoutError}
+class PoolRequestError(PoolError):
+    """A pool's server refused one request (a malformed or oversized Arrow batch, or a
+    stream of a kind it does not serve): that request's error; the server serves on."""
 
 
 def _engine_types() -> dict[str, type]:
@@ -60,7 +69,7 @@ def _engine_types() -> dict[str, type]:
         cls = todo.pop()
         found[cls.type_name()] = cls
         todo.extend(cls.__subclasses__())
-    return {**_BUILTINS, **found}
+    return found
 
 
 def from_spark(exc: BaseException) -> HybridInferError | None:
@@ -79,6 +88,29 @@ def from_spark(exc: BaseException) -> HybridInferError | None:
         return None
     name, message = found[-1]
     return types[name](message.rstrip("'\" ").rstrip())
+
+
+def unwrapped(exc: Exception) -> Exception:
+    """The engine's own error inside a Ray task/actor error (its `cause`), so its message
+    stays short; else `exc` itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, HybridInferError) else exc
+
+
+def rebuilt(module: str, type_name: str, message: str) -> Exception:
+    """An error a pool's server sent by its type's module and name: the engine's or a
+    builtin type again, else a RuntimeError naming the type (a user's own)."""
+    cls = None
+    if module == __name__:
+        cls = _engine_types().get(f"{module}.{type_name}")
+    elif module == "builtins":
+        cls = getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return RuntimeError(f"{module}.{type_name}: {message}")
 
 
 @contextlib.contextmanager

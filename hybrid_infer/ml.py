@@ -66,15 +66,13 @@ class HybridInferenceModel(Transformer, HasInputCol, HasOutputCol, DefaultParams
     def _transform(self, dataset):
         from hybrid_infer.api import infer
         from hybrid_infer.output import ERROR, PREDICTION
-        from hybrid_infer.pool.settings import PoolSettings
 
         get = self.getOrDefault
-        settings = PoolSettings(num_actors=get(self.numActors) or None,
-                                batch_size=get(self.batchSize), device=get(self.device))
-        out = infer(dataset, get(self.model), weights=get(self.weights) or None,
-                    seed=get(self.seed),
-                    mode=get(self.mode), input_col=get(self.inputCol), top_k=get(self.topK),
-                    pool=settings, ray_address=get(self.rayAddress) or None,
-                    allow_pickle=get(self.allowPickle))
+        out = infer(dataset, get(self.model), mode=get(self.mode),
+                    ray_address=get(self.rayAddress) or None,
+                    weights=get(self.weights) or None, seed=get(self.seed),
+                    allow_pickle=get(self.allowPickle), input_col=get(self.inputCol),
+                    top_k=get(self.topK), num_actors=get(self.numActors) or None,
+                    batch_size=get(self.batchSize), device=get(self.device))
         return (out.withColumnRenamed(PREDICTION, get(self.outputCol))
                 .withColumnRenamed(ERROR, get(self.errorCol)))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hybrid_infer.errors import PoolTimeoutError
+
 log = logging.getLogger(__name__)
 
 
@@ -189,8 +191,9 @@ class ActorPipeline(ABC):
         self.stats.last_used = time.time()
         self._submit(request, rows, decode)
         if not request.done.wait(timeout):
-            raise TimeoutError(f"a batch of {len(rows)} rows was not done within {timeout} s "
-                               "(the pool's batch_timeout_s)")
+            raise PoolTimeoutError(f"a batch of {len(rows)} rows was not done within "
+                                   f"{timeout} s (the pool's batch_timeout_s): raise "
+                                   "batch_timeout_s, or add actors (num_actors)")
         self.stats.last_used = time.time()
         return request.outputs, request.errors
 

@@ -11,33 +11,17 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from hybrid_infer.actor.batching import DecodePath, DeviceHealth, PipelineStats
 from hybrid_infer.actor.service import PoolActor
-from hybrid_infer.decode import ArrayDecoder, ImageDecoder, Preprocess
+from hybrid_infer.decode import ArrayDecoder, ImageDecoder
 from hybrid_infer.output import result_batch
+from hybrid_infer.transport.protocol import RequestOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RequestOptions:
-    """Per-job choices that do not change the loaded model."""
-
-    preprocess: Preprocess = Preprocess()
-    top_k: int = 0
-    #: Non-image inputs: rows are numeric arrays reshaped to this shape, not decoded.
-    input_shape: tuple[int, ...] | None = None
-    #: One name per class: top-k results then carry the classes' names.
-    class_names: tuple[str, ...] | None = None
-    #: The caller's ClientSettings.batch_timeout_s: the actor gives up on a batch then.
-    batch_timeout_s: float = 600.0
-    #: The job's JobOptions.job_id: the actor counts the rows it answers under it.
-    job_id: str | None = None
 
 
 class InferenceActor(PoolActor):

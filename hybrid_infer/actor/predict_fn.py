@@ -25,7 +25,7 @@ import pyarrow as pa
 from hybrid_infer.actor.resources import default_torch_threads
 from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.servable import Servable
-from hybrid_infer.transport.protocol import OBJECT_SCHEMA, batch_object, object_batch
+from hybrid_infer.transport.protocol import PredictRequest, batch_object, object_batch
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,6 @@ class PredictFnSpec(Servable):
 
     def actor_class(self) -> type:
         return PredictFnActor
-
-    def request_schema(self, options=None) -> pa.Schema:
-        return OBJECT_SCHEMA
-
-    def response_schema(self, options=None) -> pa.Schema:
-        return OBJECT_SCHEMA
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    """One batch for `predict`: positional NumPy inputs (or one dict when named)."""
-
-    inputs: tuple
-    num_rows: int
 
 
 class PredictFnActor(PoolActor):

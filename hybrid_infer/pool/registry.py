@@ -20,10 +20,9 @@ import time
 import uuid
 from dataclasses import asdict, replace
 
-from hybrid_infer.errors import PoolError
+from hybrid_infer.errors import PoolError, unwrapped
 from hybrid_infer.pool.control import cluster_gpus
 from hybrid_infer.pool.manager import PLAN_LEASE_PREFIX, PoolManager
-from hybrid_infer.pool.weights_copy import unwrapped
 from hybrid_infer.pool.names import pool_names
 from hybrid_infer.pool.settings import PoolKey, PoolSettings, check_actor_count
 from hybrid_infer.runtime import NAMESPACE, POOL_WORKER_ENV
@@ -88,7 +87,7 @@ class Pool:
                             f"not {key.describe()}: stop it first")
         if not pool._call("is_started", died=_ManagerDied):
             started = time.perf_counter()
-            num_actors = settings.placement.bounded(settings.num_actors or _default_num_actors())
+            num_actors = settings.placement.bounded(settings.placement.num_actors or _default_num_actors())
             pool._call("start", num_actors, *start_arguments(spec), died=_ManagerDied)
             log.info("started pool %s for %s: %d actor(s) in %.1f s", key.name,
                      spec.identity, num_actors, time.perf_counter() - started)

@@ -14,7 +14,8 @@ Three parts, each read by one party:
   per request). Read by the job's caller only, per job; never part of the pool.
 
 `PoolSettings` bundles the three for users: `PoolSettings(num_actors=2, batch_size=16)`
-routes each keyword to the part that owns it, and `settings.batch_size` reads it back.
+routes each keyword to the part that owns it; a field is read from its part
+(`settings.actor.batch_size`), one way only.
 """
 
 from __future__ import annotations
@@ -325,8 +326,8 @@ class PoolSettings:
 
     PoolSettings(num_actors=2, batch_size=16, batch_timeout_s=60) routes each keyword
     to the part that owns it; parts may also be given whole (actor=ActorSettings(...)),
-    and keywords then override their fields. Every field reads back flat
-    (settings.batch_size is settings.actor.batch_size).
+    and keywords then override their fields. A field is read from its part:
+    settings.actor.batch_size, settings.placement.num_actors, settings.client.max_in_flight.
     """
 
     actor: ActorSettings
@@ -344,27 +345,19 @@ class PoolSettings:
                                          f"{PARTS[name].__name__}, got {type(part).__name__}")
             object.__setattr__(self, name, replace(part, **changes) if changes else part)
 
-    def __getattr__(self, name: str):
-        # Only for names not found normally: a field of one of the parts.
-        if not name.startswith("_") and name not in PARTS:
-            for part in PARTS:
-                if name in _FIELD_NAMES[part]:
-                    return getattr(getattr(self, part), name)
-        raise AttributeError(f"PoolSettings has no setting {name!r}")
-
     def replace(self, **settings) -> "PoolSettings":
         """A copy with these fields (of any part) changed."""
         return PoolSettings(self.actor, self.placement, self.client, **settings)
 
+    def with_parts(self, changes: dict[str, dict]) -> "PoolSettings":
+        """A copy with each part's fields changed: {"actor": {...}, "placement": {...},
+        "client": {...}}, as route_fields splits them (nothing is routed again)."""
+        parts = {name: replace(getattr(self, name), **changes[name])
+                 if changes.get(name) else getattr(self, name) for name in PARTS}
+        return PoolSettings(**parts)
+
     def stream_layout(self, device: str, threads: int) -> tuple[int, int]:
         return self.actor.stream_layout(device, threads)
-
-    def compute_settings(self) -> dict:
-        """The settings that change what an actor computes: the pool key's part."""
-        return asdict(self.actor)
-
-
-_FIELD_NAMES = {name: frozenset(f.name for f in fields(cls)) for name, cls in PARTS.items()}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from hybrid_infer.errors import HybridInferError, PoolError
+from hybrid_infer.errors import PoolError, unwrapped
 from hybrid_infer.servable import payload_nbytes
 
 
@@ -70,9 +70,3 @@ class WeightsCopy:
 
 def _build_payload(spec):
     return spec.build_payload()
-
-
-def unwrapped(exc: Exception) -> Exception:
-    """The engine's own error inside a Ray task/actor error, so its message stays short."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, HybridInferError) else exc

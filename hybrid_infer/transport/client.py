@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from hybrid_infer.errors import PoolError, PoolTimeoutError
+from hybrid_infer.transport.gate import IDLE_TIMEOUT_S, MAX_CONNECTIONS
 from hybrid_infer.transport.lease import LeaseKeeper
 from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, PoolAddress, bearer,
                                              rebuild_app_error)
@@ -105,12 +106,27 @@ def _ping(client, uri: str, address: PoolAddress, timeout_s: float) -> None:
     except flight.FlightUnauthenticatedError as exc:
         raise PoolError(f"the pool at {uri} refused this client's token: {exc}") from None
     except (flight.FlightError, OSError) as exc:
-        raise _Unreachable(f"nothing answers at {uri} within {timeout_s:g} s "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise _connection_failed(exc, uri, timeout_s) from None
 
 
 class _Unreachable(ConnectionError):
     pass
+
+
+def _connection_failed(exc: Exception, uri: str, timeout_s: float | None) -> _Unreachable:
+    """Why a pool server could not be used, naming its address: a server that refused or
+    closed the connection (its gate: gate.py) is told from one that never answered."""
+    reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:1000]}"
+    if isinstance(exc, flight.FlightUnavailableError):
+        return _Unreachable(
+            f"the pool server at {uri} refused or closed the connection ({reason}): it "
+            f"may hold as many connections as it takes (MAX_CONNECTIONS, {MAX_CONNECTIONS} "
+            f"by default) or have closed this one as idle (after {IDLE_TIMEOUT_S:g} s), "
+            "nothing may listen at that address any more, or it serves TLS with a "
+            "certificate this client does not trust; retry, or check the pool with "
+            "`hybrid-infer pool status`")
+    waited = f" within {timeout_s:g} s" if timeout_s is not None else ""
+    return _Unreachable(f"nothing answers at {uri}{waited} ({reason})")
 
 
 def _raised(exc: flight.FlightError, uri: str) -> Exception:
@@ -119,6 +135,8 @@ def _raised(exc: flight.FlightError, uri: str) -> Exception:
         return app
     if isinstance(exc, flight.FlightUnauthenticatedError):
         return PoolError(f"the pool at {uri} refused this client's token: {exc}")
+    if isinstance(exc, flight.FlightUnavailableError):
+        return _connection_failed(exc, uri, None)
     return exc
 
 

@@ -3,8 +3,10 @@
 - `PoolAddress`: where a pool answers (its manager and its actors, as Flight URIs),
   the pool's access token and, with TLS, the certificate that signs its servers. The
   driver gets it from the pool (Ray) and ships it to the tasks in their closure.
-- A stream's header: the job's options, serialised once on the driver and sent once
-  per DoExchange stream (never with each batch).
+- A stream's header: the job's options (`RequestOptions`), serialised once on the
+  driver and sent once per DoExchange stream (never with each batch).
+- A request: an Arrow batch of the job's rows, or for predict_batch_udf one
+  `PredictRequest` pickled into a one-row batch.
 - Every call carries `authorization: Bearer <token>`; servers refuse any other.
 - Errors a pool raises on purpose (the engine's own, a user's predict function's) travel
   as their type name and message and are raised again in the task with the same type.
@@ -12,12 +14,14 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import pickle
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+
+from hybrid_infer.decode import Preprocess
+from hybrid_infer.errors import rebuilt
 
 AUTH_HEADER = "authorization"
 #: marks FlightServerError.extra_info of an error raised by the served code itself
@@ -40,6 +44,23 @@ class PoolAddress:
     def __repr__(self) -> str:  # never print the token
         return (f"PoolAddress({self.pool_name!r}, manager={self.manager!r}, "
                 f"actors={list(self.actors)!r})")
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """A job's per-request choices that do not change the loaded model: sent once per
+    stream in its header (dumps_options), read by the actor for every batch."""
+
+    preprocess: Preprocess = Preprocess()
+    top_k: int = 0
+    #: Non-image inputs: rows are numeric arrays reshaped to this shape, not decoded.
+    input_shape: tuple[int, ...] | None = None
+    #: One name per class: top-k results then carry the classes' names.
+    class_names: tuple[str, ...] | None = None
+    #: The caller's ClientSettings.batch_timeout_s: the actor gives up on a batch then.
+    batch_timeout_s: float = 600.0
+    #: The job's JobOptions.job_id: the actor counts the rows it answers under it.
+    job_id: str | None = None
 
 
 def bearer(token: str) -> bytes:
@@ -106,6 +127,15 @@ def loads_options(blob: bytes):
 OBJECT_SCHEMA = pa.schema([pa.field("pickled", pa.binary())])
 
 
+@dataclass(frozen=True)
+class PredictRequest:
+    """One batch for a predict-function pool: positional NumPy inputs (or one dict when
+    named), sent as one object_batch row."""
+
+    inputs: tuple
+    num_rows: int
+
+
 def object_batch(value) -> pa.RecordBatch:
     """A Python object (NumPy arrays, dicts of them) as one row of pickled bytes."""
     return pa.RecordBatch.from_arrays([pa.array([pickle.dumps(value, protocol=5)],
@@ -125,21 +155,9 @@ def app_error_info(exc: BaseException) -> bytes:
 
 def rebuild_app_error(extra_info: bytes | None) -> Exception | None:
     """The served code's exception, with its own type when it is the engine's or a
-    builtin one (else a RuntimeError naming it); None for a transport failure."""
+    builtin one (errors.rebuilt; else a RuntimeError naming it); None for a transport
+    failure."""
     if not extra_info or not extra_info.startswith(APP_ERROR):
         return None
     info = json.loads(extra_info[len(APP_ERROR):])
-    message = info["message"]
-    cls = None
-    if info["module"] == "hybrid_infer.errors":
-        from hybrid_infer import errors
-
-        cls = getattr(errors, info["type"], None)
-    elif info["module"] == "builtins":
-        cls = getattr(builtins, info["type"], None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(message)
-        except TypeError:
-            pass
-    return RuntimeError(f"{info['module']}.{info['type']}: {message}")
+    return rebuilt(info["module"], info["type"], info["message"])

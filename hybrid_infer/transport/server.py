@@ -42,6 +42,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from hybrid_infer.errors import PoolRequestError
 from hybrid_infer.transport.busy import BusyTime
 from hybrid_infer.transport.gate import IDLE_TIMEOUT_S, MAX_CONNECTIONS, ConnectionGate
 from hybrid_infer.transport.protocol import (AUTH_HEADER, HEARTBEAT, MAX_MESSAGE_BYTES,
@@ -66,10 +67,6 @@ KEPT_TOKENS = 2
 HEARTBEAT_S = 1.0
 #: Besides its rows' bytes, a request batch may carry this much (offsets, identity).
 BATCH_OVERHEAD_BYTES = 1 << 20
-
-
-class BadRequest(ValueError):
-    """A request batch the server refuses: this stream's error, never the server's."""
 
 
 class _Gatekeeper(flight.ServerMiddlewareFactory):
@@ -131,19 +128,22 @@ def read_tls_pair(cert_path: str | None, key_path: str | None) -> list | None:
 
 
 def check_request(batch: pa.RecordBatch, max_row_bytes: int | None) -> None:
-    """Raise BadRequest unless `batch` is well formed and within its size bound."""
+    """Raise PoolRequestError unless `batch` is well formed and within its size bound."""
     size = batch.get_total_buffer_size()
     limit = MAX_MESSAGE_BYTES if max_row_bytes is None else min(
         MAX_MESSAGE_BYTES, max(1, batch.num_rows) * max_row_bytes + BATCH_OVERHEAD_BYTES)
     if size > limit:
-        raise BadRequest(
+        raise PoolRequestError(
             f"a request batch of {batch.num_rows} rows holds {size} bytes, over "
             f"{limit} bytes (its rows x max_row_bytes={max_row_bytes}): send smaller "
             "batches (rows_per_batch) or raise max_row_bytes")
     try:
         batch.validate(full=True)
     except (pa.ArrowException, ValueError) as exc:
-        raise BadRequest(f"a malformed Arrow request batch was refused: {exc}") from None
+        raise PoolRequestError(
+            f"a malformed Arrow request batch was refused: {exc}. It was damaged on the way "
+            "or not written by hybrid_infer's client: send batches through PoolClient "
+            "(hybrid_infer.transport.client)") from None
 
 
 class FlightService(flight.FlightServerBase):
@@ -186,10 +186,6 @@ class FlightService(flight.FlightServerBase):
         """Also accept `token` from now on; the token accepted last before stays valid."""
         self._gatekeeper.accept(token)
 
-    @property
-    def calls_refused(self) -> int:
-        return self._gatekeeper.refused
-
     def _busy(self, gate_port: int) -> bool:
         return self._computing[gate_port] > 0
 
@@ -197,9 +193,15 @@ class FlightService(flight.FlightServerBase):
     def do_exchange(self, context, descriptor, reader, writer):
         try:
             header = decode_header(descriptor.command)
-            if self._handler is None or (self._stream_kinds is not None
-                                         and header.kind not in self._stream_kinds):
-                raise BadRequest(f"this server serves no {header.kind!r} streams")
+            if self._handler is None:
+                raise PoolRequestError(
+                    f"this server serves no {header.kind!r} streams (a pool's manager "
+                    "serves none): send them to the pool's actors (PoolAddress.actors)")
+            if self._stream_kinds is not None and header.kind not in self._stream_kinds:
+                raise PoolRequestError(
+                    f"this server serves no {header.kind!r} streams, only "
+                    f"{', '.join(map(repr, self._stream_kinds))}: open the stream with one "
+                    "of these (protocol.encode_header)")
             serve = self._handler(header.kind, loads_options(header.options_blob))
         except Exception as exc:
             raise _app_error(exc) from None
@@ -221,14 +223,16 @@ class FlightService(flight.FlightServerBase):
                     continue
                 try:
                     check_request(chunk.data, header.max_row_bytes)
-                except BadRequest as exc:
+                except PoolRequestError as exc:
                     answers.put(_failed(exc))
                     break  # the error ends the stream
                 answers.put(self._executor.submit(self._held, serve, chunk.data, peer_port))
         except StopIteration:
             pass
         except pa.ArrowInvalid as exc:  # unreadable IPC: the request's error
-            answers.put(_failed(BadRequest(f"an unreadable request was refused: {exc}")))
+            answers.put(_failed(PoolRequestError(
+                f"an unreadable request was refused: {exc}. Send Arrow record batches "
+                "through PoolClient (hybrid_infer.transport.client)")))
         except Exception as exc:  # the client went away: nothing left to answer
             log.debug("stream from %s ended: %s", context.peer(), exc)
         finally:

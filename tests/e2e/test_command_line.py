@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -187,11 +185,12 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
     private temp dir): every socket its processes listen on is on 127.0.0.1."""
     import re
     import shlex
-    import signal
+    import shutil
+    import tempfile
 
     import psutil
 
-    from runtime_env import free_port
+    from runtime_env import free_port, launch_ray_head, stop_group
 
     with open(os.path.join(REPO,
                            "README.md")) as handle:
@@ -200,18 +199,13 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
     env_words = [w for w in words if re.match(r"^[A-Z_]+=", w)]
     argv = words[len(env_words):]
     assert argv[:3] == ["ray", "start", "--head"]
-    import shutil
-    import tempfile
-
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths
-    head = subprocess.Popen(
-        [ray_bin, *argv[1:], f"--port={port}", f"--ray-client-server-port={free_port()}",
-         "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+    head = launch_ray_head(
+        [*argv[3:], f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
         env=home_env(tmp_path, **dict(w.split("=", 1) for w in env_words),
-                      RAY_AUTH_MODE="disabled"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                     RAY_AUTH_MODE="disabled"), port=port)
     try:
         deadline = time.time() + 90
         listening = set()
@@ -225,11 +219,7 @@ def test_readmes_ray_start_listens_on_loopback_only(tmp_path):
         assert port in {p for _, p in listening}, listening
         assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

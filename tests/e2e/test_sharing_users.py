@@ -12,15 +12,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from runtime_env import _wait_for_port, clean_env, free_port
-from test_user_sessions import BIN, run_script
+from runtime_env import clean_env, free_port, launch_ray_head, stop_group, wait_for_port
+from test_user_sessions import run_script
 
 THREE_MODELS = """
     import json, os, sys, time
@@ -132,22 +131,15 @@ def users_ray_head(tmp_path):
     """A Ray head as README's warm-pool section starts one (no token), on its own port,
     in a process group of its own that the test stops."""
     port = free_port()
-    env = clean_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    with open(tmp_path / "ray_head.log", "w") as log:
-        head = subprocess.Popen(
-            [os.path.join(BIN, "ray"), "start", "--head", "--block",
-             "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
-             "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    head = launch_ray_head(
+        ["--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+        env=clean_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"), port=port,
+        log_path=tmp_path / "ray_head.log")
     try:
-        _wait_for_port(port, head)
+        wait_for_port(port, head)
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head, timeout_s=60)
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ from hybrid_infer.actor.cpu_decode import CpuDecodePool, default_cpu_workers
 from hybrid_infer.actor.device_decode import (JpegDecoder, Normalizer, _backend_function,
                                               normalize, pixel_groups, synchronized)
 from hybrid_infer.actor.device_pipeline import DevicePipeline
-from hybrid_infer.actor.inference import InferenceActor, RequestOptions
+from hybrid_infer.actor.inference import InferenceActor
+from hybrid_infer.transport.protocol import RequestOptions
 from hybrid_infer.actor.pipeline import InferencePipeline
 from hybrid_infer.actor.runner import ModelRunner
 from hybrid_infer.decode import Preprocess, device_decodable_pixels, jpeg_header

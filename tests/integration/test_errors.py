@@ -37,11 +37,18 @@ def test_a_task_raising_an_engine_error_reaches_the_driver_typed(spark):
     assert not isinstance(caught.value.__cause__, HybridInferError)  # Spark's, as the cause
 
 
-def test_a_builtin_timeout_in_a_task_is_the_pool_timeout(spark):
-    df = failing_job(spark, TimeoutError("a batch got no answer in 0.1 s (batch_timeout_s)"))
+def test_the_pool_timeout_in_a_task_is_the_pool_timeout(spark):
+    df = failing_job(spark, PoolTimeoutError("a batch got no answer in 0.1 s (batch_timeout_s)"))
     with pytest.raises(PoolTimeoutError, match="batch_timeout_s"):
         with engine_errors():
             df.collect()
+
+
+def test_a_users_own_timeout_is_not_the_pools(spark):
+    with pytest.raises(Exception, match="my service timed out") as caught:
+        with engine_errors():
+            failing_job(spark, TimeoutError("my service timed out")).collect()
+    assert not isinstance(caught.value, HybridInferError)
 
 
 def test_other_errors_pass_through_unchanged(spark):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from predictions import TEST_BATCH, TEST_MODEL, assert_matches
 
 def _key(settings: PoolSettings) -> PoolKey:
     spec = ModelSpec(TEST_MODEL, weights="random")
-    return PoolKey(spec.identity, weights_digest(spec), settings.compute_settings())
+    return PoolKey(spec.identity, weights_digest(spec), asdict(settings.actor))
 
 
 def test_optimize_is_part_of_the_pool_key():

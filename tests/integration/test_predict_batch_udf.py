@@ -307,17 +307,17 @@ def test_make_predict_fn_runs_once_per_actor(scalar_df, tmp_path):
         for _ in range(2):
             rows = df.select(udf("0").alias("y")).collect()
             assert sorted(r["y"] for r in rows) == [float(i + 1) for i in range(100)]
-    assert len(os.listdir(ours_dir)) == pool_settings.num_actors
+    assert len(os.listdir(ours_dir)) == pool_settings.placement.num_actors
     pool = Pool.get(_pool_of(counting_make_fn(str(ours_dir))))
     status = pool.status()
-    assert status["model_loads"] == pool_settings.num_actors
+    assert status["model_loads"] == pool_settings.placement.num_actors
     assert status["rows"] == 4 * 100
 
     # A stopped pool (idle timeout, `pool stop`) comes back for the same UDF object.
     pool.stop()
     rows = df.select(udf("0").alias("y")).collect()
     assert sorted(r["y"] for r in rows) == [float(i + 1) for i in range(100)]
-    assert len(os.listdir(ours_dir)) == 2 * pool_settings.num_actors
+    assert len(os.listdir(ours_dir)) == 2 * pool_settings.placement.num_actors
 
     # PySpark's own function builds it again for every UDF object (and Python worker).
     for _ in range(2):

@@ -455,11 +455,11 @@ def test_a_pool_serving_another_model_is_never_reused(ray_address):
 
     wanted = ModelSpec(SMALL_MODEL, seed=7, weights="random")
     settings = small_settings(num_actors=1)
-    key = PoolKey(wanted.identity, "random-seed-7", settings.compute_settings())
+    key = PoolKey.derive(wanted.identity, "random-seed-7", settings.actor)
     other = ModelSpec("resnet18", seed=7, weights="random")
     squatter = ray.remote(PoolManager).options(
         name=key.name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-    ).remote(PoolKey(other.identity, "random-seed-7", settings.compute_settings()), other,
+    ).remote(PoolKey.derive(other.identity, "random-seed-7", settings.actor), other,
              settings)
     try:
         with pytest.raises(PoolError, match="serves torchvision:resnet18"):

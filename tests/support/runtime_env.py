@@ -48,27 +48,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ray_head(log_path, num_cpus: int = 8) -> tuple[subprocess.Popen, str]:
-    """A Ray head (`ray start --head --block`) in a process group of its own, on a free
-    loopback port: (its process, its address). Stop it through its process group."""
-    port = free_port()
-    env = {**os.environ, **RAY_ENV}
+def launch_ray_head(args: list[str], *, env: dict, port: int,
+                    log_path=None) -> subprocess.Popen:
+    """`ray start --head --block --port=<port> <args>` (the venv's ray) in a process
+    group of its own, its output to `log_path` (or nowhere). Stop it with stop_group."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    argv = [ray_bin, "start", "--head", "--block", f"--port={port}", *args]
+    if log_path is None:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     with open(log_path, "w") as log:
-        head = subprocess.Popen(
-            [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={port}", "--include-dashboard=false", f"--num-cpus={num_cpus}",
-             f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def start_ray_head(log_path, num_cpus: int = 8) -> tuple[subprocess.Popen, str]:
+    """The tests' Ray head (token auth, RAY_ENV) on a free loopback port: (its process,
+    its address). Stop it with stop_group."""
+    port = free_port()
+    head = launch_ray_head(
+        ["--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--num-cpus={num_cpus}",
+         f"--object-store-memory={1 << 30}", "--disable-usage-stats"],
+        env={**os.environ, **RAY_ENV}, port=port, log_path=log_path)
     try:
-        _wait_for_port(port, head)
+        wait_for_port(port, head)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
     return head, f"127.0.0.1:{port}"
 
 
-def _wait_for_port(port: int, process, timeout: float = 60) -> None:
+def wait_for_port(port: int, process, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:

@@ -78,7 +78,7 @@ def pool_role(ray_address: str) -> None:
 
 
 def spark_role() -> None:
-    from hybrid_infer.actor.inference import RequestOptions
+    from hybrid_infer.transport.protocol import RequestOptions
     from hybrid_infer.modes.hybrid import run_hybrid
     from hybrid_infer.runtime import start_spark
 

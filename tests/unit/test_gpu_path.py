@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import subprocess
 import sys
 
@@ -18,7 +17,8 @@ from PIL import Image
 from hybrid_infer.actor.cpu_decode import CpuDecodePool
 from hybrid_infer.actor.device_decode import normalize, resize_crop_into
 from hybrid_infer.actor.device_pipeline import binary_buffers
-from hybrid_infer.actor.inference import InferenceActor, RequestOptions
+from hybrid_infer.actor.inference import InferenceActor
+from hybrid_infer.transport.protocol import RequestOptions
 from hybrid_infer.decode import (ImageDecoder, Preprocess, decode_uint8, device_decodable,
                                  jpeg_header)
 from hybrid_infer.demo_data import generate_jpegs
@@ -267,13 +267,13 @@ def test_device_defaults_and_decode_setting():
     explicit = ActorSettings(batch_size=8, precision="fp32", channels_last=False)
     assert explicit.for_device("cuda") == explicit
     assert ActorSettings(optimize="freeze").for_device("cuda").precision == "fp32"
-    assert PoolSettings(decode="cpu").compute_settings()["decode"] == "cpu"
+    assert PoolSettings(decode="cpu").actor.decode == "cpu"
     with pytest.raises(ConfigurationError):
         ActorSettings(decode="nvjpeg")
     from hybrid_infer.cli import _pool_settings, build_parser
 
     args = build_parser().parse_args(["pool", "start", "--decode", "cpu", "--no-channels-last"])
-    settings = _pool_settings(args)
+    settings = _pool_settings(args).actor
     assert settings.decode == "cpu" and settings.channels_last is False
     assert settings.batch_size is None and settings.precision is None
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from hybrid_infer.errors import PoolRequestError
 from hybrid_infer.pool.leases import LeaseBook, LeaseRefused
 from hybrid_infer.transport.client import PoolClient, action, call_options
 from hybrid_infer.transport.gate import PortRangeExhausted, parse_port_range
@@ -92,6 +94,10 @@ def test_connections_past_the_bound_are_closed_and_the_server_serves_after(serve
     extra = socket.create_connection(("127.0.0.1", port))
     assert closed_by_peer(extra)  # closed by the gate at once
     assert server.gate.refused >= 1
+    # a client the gate refuses is told so, with the server's address
+    with pytest.raises(ConnectionError, match=f"the pool server at {re.escape(server.uri)} "
+                                              "refused or closed the connection.*MAX_CONNECTIONS"):
+        action(address(server.uri), server.uri, "ping", connect_timeout_s=5)
     for sock in held + [extra]:
         sock.close()
     until(lambda: server.gate.open_connections == 0, what="the gate freeing connections")
@@ -211,7 +217,7 @@ def offsets_out_of_order() -> pa.RecordBatch:
 def test_a_malformed_batch_is_that_requests_error_and_the_server_serves_on(servers):
     server, handler = servers()
     # the request's own error (a transport failure would ask the absent manager)
-    with pytest.raises(RuntimeError, match="BadRequest: a malformed Arrow request batch"):
+    with pytest.raises(PoolRequestError, match="a malformed Arrow request batch .*PoolClient"):
         list(PoolClient(address(server.uri), encode_header("echo")).map(
             [offsets_out_of_order()]))
     assert handler.batches == 0  # never reached the served code
@@ -222,7 +228,7 @@ def test_a_batch_over_its_rows_times_max_row_bytes_is_refused(servers):
     server, handler = servers()
     big = pa.RecordBatch.from_arrays([pa.array([b"0" * (3 << 20)], pa.binary())], names=["x"])
     limited = encode_header("echo", max_row_bytes=1 << 20)
-    with pytest.raises(RuntimeError, match="BadRequest: .*max_row_bytes=1048576"):
+    with pytest.raises(PoolRequestError, match="max_row_bytes=1048576.*rows_per_batch"):
         list(PoolClient(address(server.uri), limited).map([big]))
     assert handler.batches == 0
     small = pa.RecordBatch.from_arrays([pa.array([7, 8], pa.int64())], names=["x"])

@@ -11,6 +11,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from hybrid_infer.actor.pipeline import InferencePipeline
@@ -86,3 +87,17 @@ def test_small_requests_queued_behind_the_model_run_as_full_batches():
             want = model.module(torch.stack([decode(v) for v in values])).numpy()
             assert errors == [None] * ROWS_PER_REQUEST
             np.testing.assert_allclose(outputs, want, rtol=0, atol=1e-6)
+
+
+def test_a_batch_past_its_timeout_is_the_pools_timeout_error():
+    """Raised as PoolTimeoutError in the actor, where it happens (nothing downstream
+    guesses it from a builtin TimeoutError)."""
+    from hybrid_infer.errors import PoolTimeoutError
+
+    model = GatedModel()  # holds its first batch until the gate opens
+    pipeline = InferencePipeline(model, batch_size=BATCH, decode_threads=1)
+    try:
+        with pytest.raises(PoolTimeoutError, match="batch_timeout_s"):
+            pipeline.run([1, 2, 3], decode, timeout=0.2)
+    finally:
+        model.gate.set()

@@ -4,13 +4,14 @@ No Spark or Ray here."""
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 
 import pytest
 
 from hybrid_infer.api import JobOptions, ModelSource, infer
 from hybrid_infer.errors import ConfigurationError, InputError
 from hybrid_infer.pool.settings import (
+    PARTS,
     ActorSettings,
     ClientSettings,
     PlacementSettings,
@@ -62,20 +63,32 @@ def test_placement_and_client_settings_leave_the_pool_key_alone(name):
 
 def test_the_key_is_every_actor_field_and_nothing_else():
     settings = PoolSettings(**CHANGED)
-    assert set(settings.compute_settings()) == {f.name for f in fields(ActorSettings)}
-    assert PoolKey.derive("m", "d", settings.actor).compute == settings.compute_settings()
+    assert set(PoolKey.derive("m", "d", settings.actor).compute) == {
+        f.name for f in fields(ActorSettings)}
+    assert PoolKey.derive("m", "d", settings.actor).compute == asdict(settings.actor)
 
 
-def test_flat_keywords_go_to_their_part_and_read_back_flat():
+def _field(settings: PoolSettings, name: str):
+    """A field read from the part that owns it: the one way settings are read."""
+    part = next(part for part in PARTS if name in {f.name for f in fields(PARTS[part])})
+    return getattr(getattr(settings, part), name)
+
+
+def test_flat_keywords_go_to_their_part_and_are_read_from_it():
     settings = PoolSettings(**CHANGED)
     for name, value in CHANGED.items():
-        assert getattr(settings, name) == value
+        assert _field(settings, name) == value
+    with pytest.raises(AttributeError):  # one way to read a field: from its part
+        settings.batch_size  # noqa: B018
     assert settings.actor.batch_size == 7 and settings.placement.num_actors == 3
     assert settings.client.rows_per_batch == 13
     # parts given whole, keywords on top; replace() keeps the rest
     whole = PoolSettings(actor=ActorSettings(batch_size=4), client=ClientSettings(
         max_in_flight=3), batch_size=6)
-    assert (whole.batch_size, whole.max_in_flight) == (6, 3)
+    assert (whole.actor.batch_size, whole.client.max_in_flight) == (6, 3)
+    # routed parts applied as they are, without routing again (infer()'s keywords)
+    assert whole.with_parts({"actor": {"batch_size": 9}, "client": {}}) == whole.replace(
+        batch_size=9)
     assert whole.replace(num_actors=2) == replace(whole, placement=PlacementSettings(
         num_actors=2))
     # the old idiom of copying through __dict__ still works
