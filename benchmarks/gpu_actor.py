@@ -88,7 +88,7 @@ def _drive(actor, requests, expect_error: list[list[bool]], callers: int, *,
     answered or `seconds` have passed (then each finishes the request it holds).
     Counts rows that succeeded, failed, and those whose outcome was not the expected one
     (a row of a valid file that failed, or a corrupt file that did not)."""
-    from hybrid_infer.actor.inference import RequestOptions
+    from hybrid_infer.transport.protocol import RequestOptions
 
     options = RequestOptions()
     lock = threading.Lock()
@@ -168,7 +168,7 @@ def run_actor(spec, arrays, settings, blobs: list[bytes], expect_error: list[boo
 
 
 def _answers(actor, blobs: list[bytes], rows: int):
-    from hybrid_infer.actor.inference import RequestOptions
+    from hybrid_infer.transport.protocol import RequestOptions
 
     predictions, errors = [], []
     for request in _requests(blobs, rows):

@@ -13,7 +13,7 @@ from hybrid_infer.bench.contenders.common import (LOAD, CountingSpec, run_spark_
 def run(config: ContenderConfig) -> dict:
     from hybrid_infer.decode import Preprocess
     from hybrid_infer.modes.udf import run_udf
-    from hybrid_infer.actor.inference import RequestOptions
+    from hybrid_infer.transport.protocol import RequestOptions
     from hybrid_infer.pool.settings import ActorSettings
 
     spark = spark_session(config)
