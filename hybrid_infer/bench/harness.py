@@ -218,10 +218,16 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    import pyarrow
+    import pyspark
+    import ray
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib":
             round(psutil.virtual_memory().total / (1 << 30), 1), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "pyspark": pyspark.__version__,
+            "ray": ray.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version()}
 
 
 def _ceilings(results: dict) -> dict:
@@ -291,6 +297,7 @@ def main(argv=None, *, command: str = "hybrid-infer bench",
     if not not_equal:
         title = (f"{args.model}, {args.images} JPEGs, {args.partitions} partitions, "
                  f"{args.device} {args.precision}, {summary['machine']['cores']} cores, "
+                 f"Spark {summary['machine']['pyspark']}, "
                  f"{stamp}")
         report.chart(summary["rows"], summary["curves"], base + ".png", title,
                      _ceilings(measured))
