@@ -144,6 +144,20 @@ def test_readme_keeps_its_two_commands(command):
     assert "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs" in ci
 
 
+def test_spark_4_is_the_default_lane_and_spark_35_installs_beside_it():
+    """README's plain install is the Spark 4 lane in .venv/; the 3.5 lane's command
+    installs into .venv-spark35/ and runs -m core (the raydp mode among it)."""
+    with open(os.path.join(ROOT, "scripts", "install.sh")) as handle:
+        script = handle.read()
+    assert re.search(r"^DEFAULT_LANE=spark4$", script, flags=re.M)
+    assert 'venv=${VENV:-.venv-$lane}' in script  # the other lane: .venv-spark35/
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    assert ("bash scripts/install.sh spark35 && .venv-spark35/bin/python -m pytest -q -rs -m core"
+            in readme)
+    assert "| `spark4` (default) | `bash scripts/install.sh` | `.venv/` |" in readme
+
+
 def test_ci_runs_each_lanes_readme_test_command_exactly():
     """Every README command that installs a lane and runs tests is a line of .ci/run."""
     with open(os.path.join(ROOT, "README.md")) as handle:
