@@ -1,7 +1,8 @@
 # The Ray node image that cluster_configs/kubernetes/raycluster.yaml names
 # (registry.example.com/hybrid-infer:<version>-gpu): Ray 2.60.0 with CUDA, plus this
 # package built from this repository and installed at the tested versions
-# (constraints.txt: the CUDA build of torch 2.14.1 that CI runs), with the raydp extra.
+# (constraints.txt, the Spark 3.5 lane: the CUDA build of torch 2.14.1 that CI runs),
+# with the raydp extra (RayDP has no Spark 4 release, so the images stay on that lane).
 # Java 17 is there for a driver started on the head (`ray job submit -- hybrid-infer run`
 # starts a local Spark) and for RayDP's Java workers.
 #

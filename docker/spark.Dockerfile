@@ -1,7 +1,8 @@
 # The Spark image that cluster_configs/kubernetes/sparkapplication.yaml names
 # (registry.example.com/hybrid-infer:<version>-spark): Apache Spark 3.5.7 on Java 17, a
 # Python 3.11 virtual environment at /opt/hybrid-infer/.venv with this package built
-# from this repository at the tested versions (constraints.txt), and the paths the
+# from this repository at the tested versions (constraints.txt: the Spark 3.5 lane, as
+# the Ray image, which carries RayDP; RayDP has no Spark 4 release), and the paths the
 # configs name:
 #   /opt/hybrid-infer/.venv/bin/python       spark.pyspark.python (driver and executors)
 #   /opt/hybrid-infer/hybrid_infer/cli.py    the SparkApplication's mainApplicationFile

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/install.sh [spark4|spark35]
+# Usage: bash scripts/install.sh [spark4|spark35]   (default: spark4)
 #
 # Creates a virtualenv in the project root and installs hybrid-infer with every extra
 # the lane's tests need, at the exact versions of the lane's constraints file: the set
@@ -9,12 +9,12 @@
 #            has no Spark 4 release)
 #   spark35  Spark 3.5, numpy 1.26, pyarrow 19, raydp; constraints.txt; extras dev,
 #            bench, mlflow, raydp
-# The default lane installs into .venv/, the other one into .venv-<lane>/ (VENV=DIR
-# overrides), so both can sit side by side.
+# The default lane (spark4) installs into .venv/, the other one into .venv-<lane>/
+# (.venv-spark35/; VENV=DIR overrides), so both can sit side by side.
 # Idempotent: re-running it on an installed tree brings it back to the constraints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEFAULT_LANE=spark35
+DEFAULT_LANE=spark4
 lane=${1:-$DEFAULT_LANE}
 case "$lane" in
   spark4)  constraints=constraints-spark4.txt; extras=dev,bench,mlflow,connect; extra_import=pyspark.sql.connect.session ;;

@@ -29,16 +29,18 @@ os.environ["TORCH_HOME"] = os.path.join(
     tempfile.mkdtemp(prefix="hybrid-infer-torch-home-"), "torch")
 
 
-#: The core paths, `pytest -m core`: what the lane that is not README's default runs in
-#: CI (README, "Install"): packaging, the transport, both modes end to end, the udf
+#: The core paths, `pytest -m core`: what the Spark 3.5 lane (not README's default) runs
+#: in CI (README, "Install"): packaging, the transport, both modes end to end, the udf
 #: baseline, predict_batch_udf, the ML Transformer, streaming, progress, Ray on Spark,
-#: the raydp mode (Spark 3.5) and Spark Connect (Spark 4). By module name, so that a
-#: module keeps its place in the selection wherever it lives under tests/.
+#: and what only that lane has: the raydp mode and the RayDP cluster example (the
+#: images' and the launcher's lane, test_cluster_configs.py). Spark Connect's tests
+#: are in it too, for whichever lane runs -m core with a Connect server. By module
+#: name, so that a module keeps its place in the selection wherever it lives under tests/.
 CORE_MODULES = {
     "test_packaging.py", "test_transport.py", "test_settings.py", "test_row_answers.py",
     "test_pool_policies.py", "test_demo.py", "test_outputs.py", "test_predict_batch_udf.py",
     "test_ml_transformer.py", "test_stream.py", "test_progress.py", "test_raydp_mode.py",
-    "test_ray_on_spark.py", "test_spark_connect.py",
+    "test_ray_on_spark.py", "test_spark_connect.py", "test_cluster_configs.py",
 }
 
 

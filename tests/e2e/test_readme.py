@@ -21,6 +21,9 @@ A block may be annotated by an HTML comment on the line before its fence:
     <!-- test: group=NAME -->          the blocks of one group (in one file) run in one
                                        process, in file order (consecutive examples of
                                        one section)
+    <!-- test: lane=NAME -->           runs on that lane only (spark35: RayDP, which has
+                                       no Spark 4 release), skipped on the other, saying
+                                       so; it is in `-m core`, which that lane runs in CI
 
 Any other key, or a skip without a reason, fails test_annotations_are_well_formed.
 """
@@ -39,12 +42,13 @@ import psutil
 import pytest
 
 from doc_blocks import DOC_FILES, README, Block, doc_blocks
+from lanes import LANES, this_lane
 from paths import REPO
 
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 VENV_BIN = os.path.dirname(sys.executable)
 BLOCK_TIMEOUT_S = 600
-KEYS = {"skip", "reason", "setup", "given", "group"}
+KEYS = {"skip", "reason", "setup", "given", "group", "lane"}
 
 #: name -> (code before the block, code after it)
 SETUPS = {
@@ -112,6 +116,8 @@ def test_annotations_are_well_formed(path):
             assert block.options["setup"] in SETUPS, f"{where}: no setup {block.options}"
         if "given" in block.options:
             assert block.options["given"] in block.code, f"{where}: given text not in block"
+        if "lane" in block.options:
+            assert block.options["lane"] in LANES, f"{where}: no lane {block.options}"
 
 
 def test_every_example_runs_once():
@@ -282,12 +288,19 @@ def run_unit(unit: list[Block], directory) -> tuple[int | None, str]:
 
 
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)
-@pytest.mark.parametrize("unit", UNITS, ids=[u[0].label for u in UNITS])
+@pytest.mark.parametrize("unit", [
+    pytest.param(u, id=u[0].label,
+                 marks=[pytest.mark.core] if any("lane" in b.options for b in u) else [])
+    for u in UNITS])
 def test_readme_example(unit, workdir):
     skipped = [b for b in unit if "skip" in b.options]
     if skipped:
         block = skipped[0]
         pytest.skip(f"{block.path}:{block.line}: {block.options['reason']}")
+    for block in unit:
+        if block.options.get("lane", this_lane()) != this_lane():
+            pytest.skip(f"{block.path}:{block.line} runs on the {block.options['lane']} lane "
+                        f"(this is the {this_lane()} lane): that lane's -m core runs it")
     code, output = run_unit(unit, workdir)
     where = f"{unit[0].path} block(s) at line {', '.join(str(b.line) for b in unit)}"
     assert code is not None, (f"{where} still running after {BLOCK_TIMEOUT_S} s:\n"

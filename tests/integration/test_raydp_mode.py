@@ -28,7 +28,7 @@ SETTINGS = PoolSettings(num_actors=1, batch_size=TEST_BATCH, torch_threads=1)
 
 if int(__import__("pyspark").__version__.split(".")[0]) >= 4:
     pytest.skip("RayDP has no Spark 4 release: the raydp mode runs on the Spark 3.5 lane "
-                "(tests/test_packaging.py checks that Spark 4 refuses it, naming that lane)",
+                "(tests/unit/test_packaging.py checks that Spark 4 refuses it, naming that lane)",
                 allow_module_level=True)
 
 

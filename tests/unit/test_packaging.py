@@ -18,36 +18,13 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from lanes import LANES, constraints, this_lane
 from paths import REPO as ROOT
 
 
 def project() -> dict:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
         return tomllib.load(handle)
-
-
-#: lane -> (its constraints file, the extras install.sh installs on it)
-LANES = {"spark4": ("constraints-spark4.txt", ("dev", "bench", "mlflow", "connect")),
-         "spark35": ("constraints.txt", ("dev", "bench", "mlflow", "raydp"))}
-
-
-def this_lane() -> str:
-    import pyspark
-
-    return "spark4" if int(pyspark.__version__.split(".")[0]) >= 4 else "spark35"
-
-
-def constraints(lane: str | None = None) -> dict[str, str]:
-    filename = LANES[lane or this_lane()][0]
-    pins = {}
-    with open(os.path.join(ROOT, filename)) as handle:
-        for line in handle:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                name, _, pinned = line.partition("==")
-                assert pinned, f"{filename}: {line!r} is not name==version"
-                pins[canonicalize_name(name)] = pinned
-    return pins
 
 
 def requirements(extras=True) -> list[Requirement]:
@@ -121,7 +98,7 @@ def test_the_raydp_mode_on_spark_4_fails_at_once_naming_the_spark_35_lane():
     """Before any work (no Ray, no RayDP session): RayDP has no Spark 4 release."""
     if this_lane() != "spark4":
         pytest.skip("this environment is the Spark 3.5 lane, where the raydp mode runs "
-                    "(tests/test_raydp_mode.py)")
+                    "(tests/integration/test_raydp_mode.py)")
     code = ("from hybrid_infer.runtime import start_raydp_spark\n"
             "try:\n    start_raydp_spark()\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
@@ -165,6 +142,20 @@ def test_readme_keeps_its_two_commands(command):
     with open(os.path.join(ROOT, ".ci", "run")) as handle:
         ci = handle.read()
     assert "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs" in ci
+
+
+def test_spark_4_is_the_default_lane_and_spark_35_installs_beside_it():
+    """README's plain install is the Spark 4 lane in .venv/; the 3.5 lane's command
+    installs into .venv-spark35/ and runs -m core (the raydp mode among it)."""
+    with open(os.path.join(ROOT, "scripts", "install.sh")) as handle:
+        script = handle.read()
+    assert re.search(r"^DEFAULT_LANE=spark4$", script, flags=re.M)
+    assert 'venv=${VENV:-.venv-$lane}' in script  # the other lane: .venv-spark35/
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    assert ("bash scripts/install.sh spark35 && .venv-spark35/bin/python -m pytest -q -rs -m core"
+            in readme)
+    assert "| `spark4` (default) | `bash scripts/install.sh` | `.venv/` |" in readme
 
 
 def test_ci_runs_each_lanes_readme_test_command_exactly():
