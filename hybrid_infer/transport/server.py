@@ -226,7 +226,14 @@ class FlightService(flight.FlightServerBase):
                 except PoolRequestError as exc:
                     answers.put(_failed(exc))
                     break  # the error ends the stream
-                answers.put(self._executor.submit(self._held, serve, chunk.data, peer_port))
+                # counted as computing from its arrival: the gate's idle reaper must not
+                # close the connection while the batch waits for an executor thread
+                self._hold(peer_port)
+                try:
+                    answers.put(self._executor.submit(self._held, serve, chunk.data, peer_port))
+                except BaseException:
+                    self._release(peer_port)
+                    raise
         except StopIteration:
             pass
         except pa.ArrowInvalid as exc:  # unreadable IPC: the request's error
@@ -239,18 +246,24 @@ class FlightService(flight.FlightServerBase):
             answers.put(None)
             writing.join()
 
-    def _held(self, serve, batch, peer_port):
-        self.busy.enter()
+    def _hold(self, peer_port) -> None:
         with self._held_lock:
             self._computing[peer_port] += 1
+
+    def _release(self, peer_port) -> None:
+        with self._held_lock:
+            self._computing[peer_port] -= 1
+            if not self._computing[peer_port]:
+                del self._computing[peer_port]
+
+    def _held(self, serve, batch, peer_port):
+        """Serve one batch counted by _hold at its arrival; the count ends with it."""
+        self.busy.enter()
         try:
             return serve(batch)
         finally:
             self.busy.leave()
-            with self._held_lock:
-                self._computing[peer_port] -= 1
-                if not self._computing[peer_port]:
-                    del self._computing[peer_port]
+            self._release(peer_port)
 
     @property
     def held(self) -> int:
