@@ -57,8 +57,9 @@ class ModelRunner:
     On GPU the batch is staged in pinned host memory and copied with non_blocking=True;
     autocast runs in the chosen precision. On CPU the module keeps the object-store
     memory it was built on (no copy) unless `optimize` asks for a re-layout
-    (channels_last re-lays out the batches only). `optimize` ("none", "freeze", "compile") is applied once, here, and
-    warmed up on `example_shape` so that its cost is paid at pool start, not by a job;
+    (channels_last re-lays out the batches only). `optimize` ("none", "freeze",
+    "compile") is applied once, here, and warmed up on `example_shape` so that its
+    cost is paid at pool start, not by a job;
     `optimize_seconds` reports that cost.
     A batch over `max_batch_bytes`, or one hitting CUDA out-of-memory, raises a
     MemoryError-like error: the pipeline splits it and retries the halves.

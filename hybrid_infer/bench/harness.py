@@ -208,6 +208,9 @@ def equality(results: dict, run_dir: str, args: BenchConfig) -> dict:
 
 def machine() -> dict:
     import psutil
+    import pyarrow
+    import pyspark
+    import ray
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -218,10 +221,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import pyarrow
-    import pyspark
-    import ray
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib":
             round(psutil.virtual_memory().total / (1 << 30), 1), "gpu": gpu,
