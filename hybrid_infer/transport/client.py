@@ -60,6 +60,8 @@ _END = object()
 #: send a heartbeat every second; 4 s, then connect_timeout_s (4 s) asking the
 #: manager, lets a job with no live actor fail within 10 s of losing its last link).
 STALL_S = 4.0
+#: How long a pool server may take to answer a first ping before it counts as gone.
+CONNECT_TIMEOUT_S = 4.0
 
 
 class StreamStalled(ConnectionError):
@@ -84,7 +86,7 @@ def call_options(address: PoolAddress, timeout_s: float | None = None):
 
 
 def action(address: PoolAddress, uri: str, name: str, body: bytes = b"", *,
-           timeout_s: float | None = None, connect_timeout_s: float = 4.0) -> bytes:
+           timeout_s: float | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> bytes:
     """One action on one server; fails within connect_timeout_s if it does not answer."""
     client = connect(uri, address)
     try:
@@ -259,7 +261,7 @@ class PoolClient:
 
     def __init__(self, address: PoolAddress, header: bytes, *, max_in_flight: int = 2,
                  timeout_s: float = 600.0, max_attempts: int = 4,
-                 connect_timeout_s: float = 4.0):
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S):
         self._address = address
         self._header = header
         self._max_in_flight = max_in_flight
