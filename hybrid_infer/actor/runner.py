@@ -119,11 +119,13 @@ class ModelRunner:
         return module
 
     def _in_layout(self, batch):
-        """An image batch (NCHW) in channels-last format when asked; others unchanged."""
+        """An image batch (NCHW) in channels-last format when asked, else contiguous (a
+        batch may come channels-last from the decoder); others unchanged."""
         import torch
 
-        if self.channels_last and batch.dim() == 4:
-            return batch.contiguous(memory_format=torch.channels_last)
+        if batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last if self.channels_last
+                                    else torch.contiguous_format)
         return batch
 
     def _autocast(self):
@@ -134,20 +136,25 @@ class ModelRunner:
         return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu",
                               dtype=self._autocast_dtype)
 
-    def __call__(self, tensors: list) -> np.ndarray:
+    def __call__(self, tensors) -> np.ndarray:
+        """The outputs for a list of CHW tensors, or for a batch already stacked."""
         import torch
 
-        needed = sum(t.nbytes for t in tensors)
+        stacked = isinstance(tensors, torch.Tensor)
+        needed = tensors.nbytes if stacked else sum(t.nbytes for t in tensors)
         if self.max_batch_bytes is not None and needed > self.max_batch_bytes:
             raise BatchMemoryError(f"a batch of {len(tensors)} rows needs {needed} bytes, "
                                    f"over max_batch_bytes={self.max_batch_bytes}")
         try:
             if self.device == "cpu":
-                return self.forward(torch.stack(tensors))
+                return self.forward(tensors if stacked else torch.stack(tensors))
             # One pinned staging buffer per thread, reused: no pin_memory() per batch.
             # The previous copy out of it finished: forward() waited for its outputs.
             staging = self._staging(len(tensors), tensors[0].shape, tensors[0].dtype)
-            torch.stack(tensors, out=staging)
+            if stacked:
+                staging.copy_(tensors)
+            else:
+                torch.stack(tensors, out=staging)
             with torch.cuda.stream(self.stream()):
                 batch = staging.to(self.device, non_blocking=True)
             return self.forward(batch)

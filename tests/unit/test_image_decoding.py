@@ -110,3 +110,53 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     reason, grown_mb = result.stdout.strip().splitlines()
     assert reason.startswith("image too large: 10000x10000"), result.stdout + result.stderr
     assert int(grown_mb) < 50, f"peak memory grew {grown_mb} MB: the bomb was decoded"
+
+
+def test_pil_filters_are_torchvisions_for_every_interpolation():
+    from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+
+    from hybrid_infer.decode import pil_filter
+
+    for mode, pil in pil_modes_mapping.items():
+        assert pil_filter(mode.value) == pil, mode
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_actors_table_decoder_is_the_torchvision_transform_bit_for_bit(interpolation):
+    """Its batch equals the stacked transform's: sizes above, at and below the resize (a
+    crop larger than the image is padded), greyscale, palette, RGBA, 16-bit and CMYK;
+    bad values are refused with the same reason."""
+    import torch
+
+    from hybrid_infer.decode import TableImageDecoder
+    from faults import rgb_jpeg
+
+    preprocess = Preprocess(interpolation=interpolation, max_pixels=TEST_MAX_PIXELS)
+    reference, table = ImageDecoder(preprocess), TableImageDecoder(preprocess)
+    values = [value for value, reason in SAMPLES.values() if reason is None] + [
+        rgb_jpeg(width, height, seed=width) for width, height in
+        ((640, 480), (300, 700), (224, 224), (225, 223), (100, 60), (30, 500))]
+    want = torch.stack([reference(value) for value in values])
+    got = table.collate([table(value) for value in values])
+    assert got.shape == want.shape and torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    for key in BAD:
+        with pytest.raises(DecodeError) as caught:
+            table(SAMPLES[key][0])
+        assert str(caught.value).startswith(BAD[key])
+
+
+def test_the_normalize_table_lays_out_channels_last_or_contiguous():
+    import torch
+
+    from hybrid_infer.decode import NormalizeTable
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    table = NormalizeTable((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    want = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    want = want.sub(torch.tensor([0.4, 0.5, 0.6])[:, None, None]).div(
+        torch.tensor([0.2, 0.25, 0.3])[:, None, None])
+    interleaved, planar = table(pixels), table(pixels, channels_last=False)
+    assert torch.equal(interleaved, want) and torch.equal(planar, want)
+    assert interleaved.is_contiguous(memory_format=torch.channels_last)
+    assert planar.is_contiguous()
