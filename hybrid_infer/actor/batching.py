@@ -97,12 +97,29 @@ def failure_reason(exc: BaseException) -> str:
     return f"{kind}: {type(exc).__name__}: {exc}"[:500]
 
 
+#: How far ahead of newer streams a stream's rows may go (see `request_order`).
+STREAM_LEAD_S = 5.0
+
+
+def request_order(stream_started: float, arrived: float,
+                  lead_s: float = STREAM_LEAD_S) -> float:
+    """The key a request's rows are decoded and computed by, smallest first (monotonic
+    seconds). It is the start of the stream the request came on (one Spark task's), so
+    the oldest task finishes first and Spark starts its next task while the pool still
+    holds the other tasks' rows: no idle pool between waves of tasks, as when every task
+    ends at once. But never more than `lead_s` before the request's own arrival: a long
+    task holds back a newer one (another job's) by `lead_s` at most, then they share."""
+    return max(stream_started, arrived - lead_s)
+
+
 class RowRequest:
     """One caller's rows: each row's outputs or error fill in as batches finish; a row is
-    answered once (a later answer for it is ignored)."""
+    answered once (a later answer for it is ignored). `order` (request_order) ranks its
+    rows against other requests' in a pipeline: smallest first."""
 
-    def __init__(self, n_rows: int):
+    def __init__(self, n_rows: int, order: float = 0.0):
         self.n_rows = n_rows
+        self.order = order
         self.errors: list[str | None] = [None] * n_rows
         self.outputs: np.ndarray | None = None
         self._answered = np.zeros(n_rows, dtype=bool)
@@ -172,9 +189,10 @@ class PipelineStats:
 class ActorPipeline(ABC):
     """Rows in, each row's outputs or error out, shared by concurrent callers.
 
-    `run(rows, decode, timeout)` is the one entry point: `rows` is a sequence of values
-    (an Arrow array or a list), `decode` the request's decoder (decode.ImageDecoder or
-    ArrayDecoder). Subclasses start the rows' work in `_submit` and answer every row of
+    `run(rows, decode, timeout, stream_started)` is the one entry point: `rows` is a
+    sequence of values (an Arrow array or a list), `decode` the request's decoder
+    (decode.ImageDecoder or ArrayDecoder), `stream_started` the time.monotonic() its
+    stream began (None: now), which ranks its rows (request_order). Subclasses start the rows' work in `_submit` and answer every row of
     the RowRequest, from any thread. After an unrecoverable device error (`health`),
     `run` refuses work.
     """
@@ -183,10 +201,13 @@ class ActorPipeline(ABC):
         self.stats = stats or PipelineStats()
         self.health = health or DeviceHealth()
 
-    def run(self, rows, decode, timeout: float | None = None):
+    def run(self, rows, decode, timeout: float | None = None,
+            stream_started: float | None = None):
         """Decode and infer `rows`; returns (outputs (n, k) or None, errors list)."""
         self.health.check()
-        request = RowRequest(len(rows))
+        arrived = time.monotonic()
+        request = RowRequest(len(rows), request_order(
+            arrived if stream_started is None else stream_started, arrived))
         self.stats.add(requests=1)
         self.stats.last_used = time.time()
         self._submit(request, rows, decode)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from hybrid_infer.actor.batching import DecodePath, DeviceHealth, PipelineStats
 from hybrid_infer.actor.service import PoolActor
-from hybrid_infer.decode import ArrayDecoder, ImageDecoder
+from hybrid_infer.decode import ArrayDecoder, TableImageDecoder
 from hybrid_infer.output import result_batch
 from hybrid_infer.transport.protocol import RequestOptions
 
@@ -104,12 +104,14 @@ class InferenceActor(PoolActor):
             if self.decode is DecodePath.CPU_PROCESSES:
                 self._cpu_pool.warm_up()
 
-    def infer(self, batch: pa.RecordBatch, options: RequestOptions | None = None):
-        """Predict for every row of a one-column batch of bytes; same row count back."""
+    def infer(self, batch: pa.RecordBatch, options: RequestOptions | None = None,
+              stream_started: float | None = None):
+        """Predict for every row of a one-column batch of bytes; same row count back.
+        `stream_started` (time.monotonic()) ranks its rows: the oldest stream's first."""
         options = options or RequestOptions()
         column = batch.column(0)
         outputs, errors = self._pipeline_for(options, column.type).run(
-            column, self._decoder(options), options.batch_timeout_s)
+            column, self._decoder(options), options.batch_timeout_s, stream_started)
         if outputs is None:
             outputs = np.zeros((len(errors), 0), dtype=np.float32)
         return result_batch(outputs, errors, options.top_k, options.class_names)
@@ -149,7 +151,7 @@ class InferenceActor(PoolActor):
         key = options.input_shape or options.preprocess
         if key not in self._decoders:
             self._decoders[key] = (ArrayDecoder(options.input_shape) if options.input_shape
-                                   else ImageDecoder(options.preprocess))
+                                   else TableImageDecoder(options.preprocess))
         return self._decoders[key]
 
     def stats(self) -> dict:

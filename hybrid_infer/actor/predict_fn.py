@@ -98,7 +98,9 @@ class PredictFnActor(PoolActor):
         """The predict function's parameters: their count picks single vs several inputs."""
         return list(inspect.signature(self.predict_fn).parameters)
 
-    def serve_batch(self, batch: pa.RecordBatch, options=None) -> pa.RecordBatch:
+    def serve_batch(self, batch: pa.RecordBatch, options=None,
+                    stream_started: float | None = None) -> pa.RecordBatch:
+        """One batch at a time, in no particular order (a user's function is one call)."""
         return object_batch(self.infer(batch_object(batch)))
 
     def infer(self, request: PredictRequest, options=None):

@@ -8,8 +8,10 @@
   adopts this actor calls it again with its own token: the service then accepts both
   (its latest two managers' tokens), so the jobs still streaming with the old
   manager's token go on.
-- `serve_batch(batch, options)`: one request batch -> one result batch; by default
-  `self.infer(batch, options)`, the subclass's entry point.
+- `serve_batch(batch, options, stream_started)`: one request batch -> one result batch;
+  by default `self.infer(batch, options, stream_started)`, the subclass's entry point
+  (`stream_started`, the time.monotonic() its stream began, ranks its rows: the oldest
+  stream's first, batching.request_order).
 - `ping()`, and `status()`: the fields every actor reports plus the subclass's `stats()`.
 - `job_rows(job_id)`: rows this actor answered for one job (its streams' options carry
   `job_id`): the driver's progress line adds them up over the pool (progress.py).
@@ -49,16 +51,18 @@ class PoolActor:
         if kind != "infer":
             raise ValueError(f"this actor serves 'infer' streams, not {kind!r}")
         job_id = getattr(options, "job_id", None)
+        stream_started = time.monotonic()
 
         def serve(batch: pa.RecordBatch) -> pa.RecordBatch:
-            result = self.serve_batch(batch, options)
+            result = self.serve_batch(batch, options, stream_started)
             self._job_row_counter.add(job_id, batch.num_rows)
             return result
 
         return serve
 
-    def serve_batch(self, batch: pa.RecordBatch, options) -> pa.RecordBatch:
-        return self.infer(batch, options)
+    def serve_batch(self, batch: pa.RecordBatch, options,
+                    stream_started: float | None = None) -> pa.RecordBatch:
+        return self.infer(batch, options, stream_started)
 
     def ping(self) -> bool:
         return True

@@ -101,3 +101,48 @@ def test_a_batch_past_its_timeout_is_the_pools_timeout_error():
             pipeline.run([1, 2, 3], decode, timeout=0.2)
     finally:
         model.gate.set()
+
+
+def test_rows_are_decoded_oldest_stream_first_whatever_their_arrival():
+    """Spark's tasks then finish one after another: the next wave's task starts while
+    the pool still holds the others' rows, instead of every task ending at once."""
+    computed: list[int] = []
+
+    def model(tensors: list) -> np.ndarray:
+        computed.extend(int(t[0]) for t in tensors)
+        return np.zeros((len(tensors), 1), dtype=np.float32)
+
+    first_decode = threading.Event()
+    release = threading.Event()
+
+    def held_decode(value: int) -> torch.Tensor:  # holds the only decode thread
+        first_decode.set()
+        release.wait(30)
+        return decode(value)
+
+    pipeline = InferencePipeline(model, batch_size=1, decode_threads=1)
+    now = time.monotonic()
+    runs = [threading.Thread(target=pipeline.run, args=([0], held_decode, 60), daemon=True)]
+    runs[0].start()
+    wait_for(first_decode.is_set)
+    # a newer stream's request arrives first, then an older stream's
+    for values, started in (([20, 21, 22], now), ([10, 11, 12], now - 1.0)):
+        runs.append(threading.Thread(target=pipeline.run, args=(values, decode, 60, started),
+                                     daemon=True))
+        runs[-1].start()
+        wait_for(lambda n=len(runs): pipeline._to_decode.qsize() == 3 * (n - 1))
+    release.set()
+    for run in runs:
+        run.join(60)
+    assert computed == [0, 10, 11, 12, 20, 21, 22]
+
+
+def test_a_streams_lead_over_newer_streams_is_bounded():
+    from hybrid_infer.actor.batching import STREAM_LEAD_S, request_order
+
+    # a new stream's rows go after an older stream's recent ones...
+    assert request_order(0.0, 100.0) < request_order(97.0, 97.0)
+    # ...but an old stream's request arriving more than STREAM_LEAD_S after a new
+    # stream's start goes after it: a long task delays another by that much at most
+    assert request_order(0.0, 97.0 + STREAM_LEAD_S + 1) > request_order(97.0, 97.0)
+    assert request_order(5.0, 6.0) == 5.0  # within the lead: the stream's start
