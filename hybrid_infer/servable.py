@@ -12,7 +12,8 @@ this, never asks what a spec happens to have.
   payloads: weights) rather than in the driver. A Ray Client driver is not a node, so
   it always builds it itself (registry.start_arguments);
 - `actor_class()`: the actor serving it, a subclass of actor.service.PoolActor,
-  constructed as `cls(spec, payload, settings, pool_name, index)`.
+  constructed as `cls(spec, payload, settings, pool_name, index)`, where `payload` may
+  arrive as a `PayloadRef` that its constructor resolves (`resolve_payload`).
 """
 
 from __future__ import annotations
@@ -42,3 +43,23 @@ def payload_nbytes(payload) -> int:
     from hybrid_infer.weights import nbytes
 
     return nbytes(payload)
+
+
+class PayloadRef:
+    """The payload's object ref, boxed so that Ray passes it to an actor unresolved: Ray
+    holds back an actor whose arguments are still being computed, so with the bare ref
+    a new pool's actors would start their processes (Python, torch) only after the
+    weights were built. Boxed, the two overlap; the constructor then resolves it."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+def resolve_payload(payload):
+    """The payload itself: from the object store (zero-copy on the node) for a
+    PayloadRef, as given otherwise (an actor built directly, e.g. by a benchmark)."""
+    if isinstance(payload, PayloadRef):
+        import ray
+
+        return ray.get(payload.ref)
+    return payload

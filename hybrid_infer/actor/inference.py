@@ -19,6 +19,7 @@ from hybrid_infer.actor.batching import DecodePath, DeviceHealth, PipelineStats
 from hybrid_infer.actor.service import PoolActor
 from hybrid_infer.decode import ArrayDecoder, TableImageDecoder
 from hybrid_infer.output import result_batch
+from hybrid_infer.servable import resolve_payload
 from hybrid_infer.transport.protocol import RequestOptions
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class InferenceActor(PoolActor):
         # None-valued defaults (batch size, precision, channels_last) resolved per device.
         settings = settings.for_device(resolve_device(settings.device))
         self.settings = settings
-        # `weights` arrives resolved by Ray: read-only arrays over the node's shared copy.
-        self._weights = weights
+        # read-only arrays over the node's shared copy (from the object store)
+        weights = self._weights = resolve_payload(weights)
         module = module_from_arrays(spec, weights)
         self.runner = ModelRunner(
             module, device=settings.device, precision=settings.precision,

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from hybrid_infer.actor.resources import default_torch_threads
 from hybrid_infer.actor.service import PoolActor
-from hybrid_infer.servable import Servable
+from hybrid_infer.servable import Servable, resolve_payload
 from hybrid_infer.transport.protocol import PredictRequest, batch_object, object_batch
 
 
@@ -73,7 +73,8 @@ class PredictFnActor(PoolActor):
         started = time.time()
         self.pool_name = pool_name
         self.index = index
-        make_predict_fn = pickle.loads(payload)  # cloudpickle output loads with pickle
+        # cloudpickle output loads with pickle
+        make_predict_fn = pickle.loads(resolve_payload(payload))
         self.predict_fn = make_predict_fn()
         # torch threads: when asked, or this actor's share of its node's cores (a CPU
         # pool sized by default), where Ray would leave torch on one (OMP_NUM_THREADS=1).

@@ -270,7 +270,6 @@ class PoolManager(ControlLoop, Placing):
         if len(self._set) > num_actors:
             self._kill_and_wait(self._to_remove(len(self._set) - num_actors, dead))
         if len(self._set) < num_actors:
-            self._weights.wait(self.placement.build_timeout_s)
             self._place(num_actors - len(self._set))
         self._load.changed()
         self._last_change = time.time()

@@ -23,6 +23,7 @@ from hybrid_infer.pool.placement import (cpu_nodes, cpus_per_actor, gpus_per_act
 from hybrid_infer.pool.pressure import (free_for, holders_text, other_pools, placeable,
                                         ray_resources)
 from hybrid_infer.runtime import NAMESPACE, POOL_WORKER_ENV
+from hybrid_infer.servable import PayloadRef
 
 log = logging.getLogger("hybrid_infer.pool.manager")  # operators read one logger
 
@@ -40,7 +41,9 @@ class Placing:
     def _place(self, count: int) -> None:
         """Start `count` actors and wait until they serve. Idle pools are asked to give
         way first (pool/pressure.py); what still cannot be placed waits for the cluster
-        up to place_timeout_s, naming the pools that hold its resources."""
+        up to place_timeout_s, naming the pools that hold its resources. A weights build
+        still running is waited for once the actors are started (they start meanwhile):
+        its error or timeout is the pool's."""
         import ray
 
         per_actor = self._resources_per_actor()
@@ -52,6 +55,11 @@ class Placing:
                                                             ray.available_resources()))
         new = [self._spawn(index, node_id, threads) for index, (node_id, threads)
                in zip(self._free_indices(count), self._node_plan(count, per_actor))]
+        try:  # the new actors start their processes meanwhile (servable.PayloadRef)
+            self._weights.wait(self.placement.build_timeout_s)
+        except BaseException:
+            self._kill(new)
+            raise
         settings = self.actor_settings
         pending = {member.actor.serve.remote(self._token, settings.tls_cert,
                                              settings.tls_key,
@@ -128,7 +136,7 @@ class Placing:
             runtime_env={"env_vars": POOL_WORKER_ENV},
         )
         extra = {"node_threads": node_threads} if node_threads else {}
-        actor = remote_cls.remote(self.spec, self._weights.ref, self.actor_settings,
+        actor = remote_cls.remote(self.spec, PayloadRef(self._weights.ref), self.actor_settings,
                                   self.key.name, index, **extra)
         return Member(index, actor, node_id=node_id)
 
