@@ -68,6 +68,20 @@ def test_actors_run_at_the_drivers_priority_not_rays_worker_niceness(warm_pool):
     assert probe(warm_pool.actors(), lambda _: os.nice(0)) == [os.nice(0)] * 2
 
 
+def test_actors_keep_freed_activations_in_the_heap(warm_pool):
+    """glibc would mmap each forward pass's activations afresh (page faults and zeroed
+    pages at every batch): the pool's workers raise its mmap and trim thresholds."""
+    import os
+
+    from actor_probes import probe
+
+    from hybrid_infer.runtime import POOL_WORKER_ENV
+
+    keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    seen = probe(warm_pool.actors(), lambda _: {k: os.environ.get(k) for k in keys})
+    assert seen == [{k: POOL_WORKER_ENV[k] for k in keys}] * 2
+
+
 SECOND_DRIVER = textwrap.dedent("""
     import json, sys
     from hybrid_infer import infer, read_images, start_runtime
