@@ -139,7 +139,7 @@ def users_ray_head(tmp_path):
         wait_for_port(port, head)
         yield f"127.0.0.1:{port}"
     finally:
-        stop_group(head, timeout_s=60)
+        stop_group(head)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ them would fail there (PySpark raises JVM_ATTRIBUTE_NOT_SUPPORTED).
 
 - README's Spark Connect example, as written (its block is skipped by test_readme);
 - PySpark's documented predict_batch_udf cases on the drop-in: the whole of
-  tests/test_predict_batch_udf.py with its `spark` fixture a Connect session;
+  tests/support/predict_batch_udf_cases.py with its `spark` fixture a Connect session;
 - infer() in hybrid and udf modes (the same predictions; udf's weights ship as a
   session artifact), the udf mode's progress line (Spark 4's progress handler), the ML
   Transformer with its persistence, and a stream;
@@ -82,7 +82,7 @@ def connect_url(tmp_path_factory):
         _wait_for_server(server, port, log_path)
         yield f"sc://127.0.0.1:{port}"
     finally:
-        stop_group(server, timeout_s=60)
+        stop_group(server, timeout_s=15)
 
 
 def _wait_for_server(server, port: int, log_path) -> None:
@@ -142,19 +142,18 @@ def test_readmes_connect_example_runs_through_a_connect_server(connect_url, work
 
 
 def test_pysparks_documented_predict_batch_udf_cases_through_connect(connect_url, tmp_path):
-    """The docstring examples of tests/test_predict_batch_udf.py (every example of
-    PySpark's predict_batch_udf docstring, and input_names) with a Connect session:
-    PySpark's own predict_batch_udf and the drop-in give the same rows, through the
-    server. (Its validation-error and once-per-actor cases run on the classic session
-    only: they add minutes and no Connect path.)"""
+    """The docstring examples of tests/support/predict_batch_udf_cases.py (every
+    example of PySpark's predict_batch_udf docstring, and input_names) with a Connect
+    session: PySpark's own predict_batch_udf and the drop-in give the same rows,
+    through the server. (Its validation-error cases run on the classic session only:
+    they add minutes and no Connect path.)"""
+    cases = _test_module("predict_batch_udf_cases.py")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-         _test_module("test_predict_batch_udf.py"), "-k",
-         "not validation_errors and not once_per_actor and not batches_never"],
+         cases, "-k", "not validation_errors"],
         cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
         env={**clean_env(), "HYBRID_INFER_TEST_SPARK_REMOTE": connect_url,
-             "PYTHONPATH": os.pathsep.join(
-                 {HERE, os.path.dirname(_test_module("test_predict_batch_udf.py"))})})
+             "PYTHONPATH": os.pathsep.join({HERE, os.path.dirname(cases)})})
     tail = done.stdout[-3000:]
     assert done.returncode == 0, (tail, done.stderr[-3000:])
     assert re.search(r"\b1[0-9] passed", tail) and "failed" not in tail, tail

@@ -6,9 +6,9 @@ an embedded Ray itself (token auth on by default in Ray 2.60); Spark's Python wo
 started before it, reach the pool over Arrow Flight, never as Ray drivers.
 
 README's examples on the user's own session run in test_readme.py. PySpark's documented
-predict_batch_udf cases (tests/integration/test_predict_batch_udf.py) run once more
-here, in a user's own session with no settings at all, as issue 17 asks: the drop-in
-on its defaults.
+predict_batch_udf cases (tests/support/predict_batch_udf_cases.py) run here, in a
+user's own session with no settings at all, as issue 17 asks: the drop-in on its
+defaults (and, through a Connect server, in test_spark_connect.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import pytest
 from runtime_env import clean_env
 
 BIN = os.path.dirname(sys.executable)
-#: tests/integration: the predict_batch_udf cases run again here, as a user runs them
-INTEGRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "integration")
+#: tests/support: where the predict_batch_udf cases live
+SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "support")
 
 
 def run_script(tmp_path, code: str, *args, timeout: float = 1100, launcher=None, env=None):
@@ -58,7 +58,7 @@ DOCUMENTED_CASES = """
 
     spark = SparkSession.builder.master("local[2]").getOrCreate()   # the user's, first
     from pyspark.sql.functions import array
-    import test_predict_batch_udf as cases
+    import predict_batch_udf_cases as cases
 
     # no settings at all, as a user of PySpark's own predict_batch_udf writes it: each
     # case's pool takes a slot of the embedded Ray's 2 CPUs, and idle ones give way
@@ -69,9 +69,7 @@ DOCUMENTED_CASES = """
     tensor_df = cases.tensor_df.__wrapped__(spark, None)
     checks = 0
     for name in dir(cases):
-        if not name.startswith("test_") or name in ("test_batches_never_exceed_batch_size",
-                                                    "test_make_predict_fn_runs_once_per_actor",
-                                                    "test_same_validation_errors"):
+        if not name.startswith("test_") or name == "test_same_validation_errors":
             continue
         test = getattr(cases, name)
         params = test.__code__.co_varnames[:test.__code__.co_argcount]
@@ -92,9 +90,10 @@ DOCUMENTED_CASES = """
 
 
 @pytest.mark.slow
+@pytest.mark.core  # the only run of the documented cases on a classic session
 @pytest.mark.timeout(1200)
 def test_pyspark_documented_predict_batch_udf_cases_on_the_users_session(tmp_path):
-    result, seconds = run_script(tmp_path, DOCUMENTED_CASES, INTEGRATION, timeout=1100)
+    result, seconds = run_script(tmp_path, DOCUMENTED_CASES, SUPPORT, timeout=1100)
     print(f"FIGURES documented_cases checks={result['checks']} cases_s={result['seconds']} "
           f"script_s={seconds:.1f} load_avg={os.getloadavg()[0]:.0f}")
     # How long they take is a figure to report (printed above), not a test: a test must

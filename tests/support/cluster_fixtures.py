@@ -72,7 +72,7 @@ class _Processes:
         """SIGTERM every group (workers before the head/master), then SIGKILL leftovers."""
         for _, proc in reversed(self.procs):
             _signal_group(proc, signal.SIGTERM)
-        deadline = time.time() + 20
+        deadline = time.time() + 5
         for _, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
