@@ -226,8 +226,9 @@ class _Stream:
                     "task's batches (its host or the link to it may be down)"))
                 return
 
-    def finish(self) -> None:
-        """Tell the actor this stream is done and release it.
+    def finish(self) -> bool:
+        """Tell the actor this stream is done and release it; True when the actor ended
+        the stream, False when it had to be cancelled.
 
         The reader thread must end before the call's objects are closed; if the actor
         does not end the stream within a few seconds, the call is cancelled and left to
@@ -236,24 +237,25 @@ class _Stream:
         with self._ending:
             self._finished.set()
         try:
-            if self._begun and not self._cancelled:
-                self.writer.done_writing()
+            if not self._cancelled:  # a stream that carried no batch ends here too: the
+                self.writer.done_writing()  # actor would wait for its first message
         except Exception:  # the actor may be gone already
             pass
         self._reading.join(timeout=5)
         if self._cancelled:
-            return  # a cancelled call is left to the garbage collector, like below
+            return False  # a cancelled call is left to the garbage collector, like below
         if self._reading.is_alive():
             try:
                 self.reader.cancel()
             except Exception:
                 pass
-            return
+            return False
         try:
             self.writer.close()
         except Exception:
             pass
         self.client.close()
+        return True
 
 
 class PoolClient:

@@ -87,6 +87,16 @@ def test_results_come_back_in_input_order_from_least_loaded_actors(servers):
     assert ha.headers == hb.headers == 1  # options once per stream, not per batch
 
 
+def test_a_stream_that_carried_no_batch_is_ended_by_its_actor_not_cancelled(servers):
+    """A task with fewer batches than the pool has actors leaves streams unused: each
+    must end at once (it held every such task for 5 s, then was cancelled)."""
+    from hybrid_infer.transport.client import CONNECT_TIMEOUT_S, _Stream
+
+    server, _ = servers(0.0)
+    stream = _Stream(server.uri, address([server.uri]), header(), CONNECT_TIMEOUT_S)
+    assert stream.finish() is True
+
+
 def test_in_flight_window_per_actor_is_bounded(servers):
     _, handler = servers(0.02)
     (server, _) = (_, handler)
