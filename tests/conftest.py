@@ -144,7 +144,19 @@ def stop_new_pools(ray_address):
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> str:
-    """The package's wheel, built once per session (support/package_wheel.py)."""
+    """The package's wheel, built once per session (support/package_wheel.py), however
+    many pytest-xdist workers ask for it: the first builds it, under a file lock, in the
+    folder the workers share."""
+    from filelock import FileLock
+
     from package_wheel import build_wheel
 
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
+    shared = tmp_path_factory.getbasetemp()  # this run's; under xdist, this worker's...
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # ...whose parent is the run's, above every worker's
+    with FileLock(str(shared / "wheel.lock")):
+        built = list((shared / "wheel" / "dist").glob("*.whl"))
+        if built:
+            return str(built[0])
+        (shared / "wheel").mkdir(exist_ok=True)
+        return build_wheel(shared / "wheel")

@@ -134,14 +134,17 @@ def test_raydp_mode_without_raydp_names_the_extra(tmp_path):
     assert "pip install 'hybrid-infer[raydp]'" in done.stdout
 
 
+TEST_COMMAND = "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs -n 2 --dist loadfile"
+
+
 @pytest.mark.parametrize("command", ["bash scripts/install.sh && .venv/bin/hybrid-infer demo",
-                                     "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs"])
+                                     TEST_COMMAND])
 def test_readme_keeps_its_two_commands(command):
     with open(os.path.join(ROOT, "README.md")) as handle:
         assert command in handle.read()
     with open(os.path.join(ROOT, ".ci", "run")) as handle:
         ci = handle.read()
-    assert "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs" in ci
+    assert TEST_COMMAND in ci
 
 
 def test_spark_4_is_the_default_lane_and_spark_35_installs_beside_it():
@@ -153,8 +156,8 @@ def test_spark_4_is_the_default_lane_and_spark_35_installs_beside_it():
     assert 'venv=${VENV:-.venv-$lane}' in script  # the other lane: .venv-spark35/
     with open(os.path.join(ROOT, "README.md")) as handle:
         readme = handle.read()
-    assert ("bash scripts/install.sh spark35 && .venv-spark35/bin/python -m pytest -q -rs -m core"
-            in readme)
+    assert ("bash scripts/install.sh spark35 && .venv-spark35/bin/python -m pytest -q -rs "
+            "-m core -n 2 --dist loadfile" in readme)
     assert "| `spark4` (default) | `bash scripts/install.sh` | `.venv/` |" in readme
 
 
