@@ -191,8 +191,9 @@ class ActorPipeline(ABC):
 
     `run(rows, decode, timeout, stream_started)` is the one entry point: `rows` is a
     sequence of values (an Arrow array or a list), `decode` the request's decoder
-    (decode.ImageDecoder or ArrayDecoder), `stream_started` the time.monotonic() its
-    stream began (None: now), which ranks its rows (request_order). Subclasses start the rows' work in `_submit` and answer every row of
+    (decode.TableImageDecoder or ArrayDecoder), `stream_started` the time.monotonic()
+    its stream began (None: now), which ranks its rows (request_order). Subclasses start
+    the rows' work in `_submit` and answer every row of
     the RowRequest, from any thread. After an unrecoverable device error (`health`),
     `run` refuses work.
     """
