@@ -45,6 +45,15 @@ def gpus_per_ray_node(spark, override: int | None = None) -> int:
     return int(float(spark.conf.get("spark.task.resource.gpu.amount", "0")))
 
 
+def dashboard_installed() -> bool:
+    """Whether this Python has Ray's dashboard packages (`pip install "ray[default]"`)."""
+    try:
+        __import__("ray.dashboard.optional_deps")
+    except ImportError:
+        return False
+    return True
+
+
 def main(input_path: str, output_path: str, model: str, ray_nodes: int,
          gpus_per_node: int | None = None, weights: str | None = None) -> None:
     builder = SparkSession.builder.appName("hybrid-infer-ray-on-spark")
@@ -59,6 +68,9 @@ def main(input_path: str, output_path: str, model: str, ray_nodes: int,
         min_worker_nodes=ray_nodes,
         num_cpus_worker_node=int(spark.conf.get("spark.task.cpus", "1")),
         num_gpus_worker_node=gpus_per_ray_node(spark, gpus_per_node),
+        # without the dashboard's packages (ray[default]), setup_ray_cluster would wait
+        # 60 s for a dashboard that never comes up
+        head_node_options={"include_dashboard": dashboard_installed()},
     )
     try:
         # one actor per Ray node (per GPU with device="auto" on GPU nodes)
