@@ -48,6 +48,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in CORE_MODULES:
             item.add_marker(pytest.mark.core)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the workers collect
+        schedule_for_workers(items)
+
+
+# -- how pytest-xdist workers share the suite (README's command: -n 2) ---------------------
+#: Costliest first: a worker that draws a long test late would run alone at the end.
+TIER_ORDER = ("e2e", "integration", "unit")
+
+
+def shares_a_module_fixture(item) -> bool:
+    """Whether the test uses a module-scoped fixture (a standalone cluster, a Connect
+    server, network namespaces): its module then runs in one worker, set up once."""
+    return any(definition.scope == "module"
+               for definitions in item._fixtureinfo.name2fixturedefs.values()
+               for definition in definitions)
+
+
+def schedule_for_workers(items) -> None:
+    """Tests that share a module fixture form one xdist group (their module's); every
+    other test is a unit of its own, so that a module of many slow independent tests
+    (README's examples) spreads over the workers. Units are queued costliest first:
+    by tier, and within a tier the module groups (several tests each) first."""
+    grouped = {item.path for item in items if shares_a_module_fixture(item)}
+    for item in items:
+        if item.path in grouped:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+    def cost_rank(item):
+        tier = item.path.parent.name
+        rank = TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER)
+        return rank, item.path not in grouped
+
+    items.sort(key=cost_rank)  # stable: a module's tests keep their order
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule by xdist groups (above), in the order given: xdist's loadgroup, without
+    its reordering of groups by their number of tests."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    config.option.loadscopereorder = False
+    return LoadGroupScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -150,9 +150,9 @@ UNITS = groups()
 
 
 # -- the scratch folder the examples run in ---------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: the examples spread over xdist workers
 def assets(tmp_path_factory):
-    """What the examples name, made once."""
+    """What the examples name, made once (per worker)."""
     import torch
     import torchvision
     from safetensors.torch import save_file
