@@ -44,6 +44,7 @@ CORE_MODULES = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which names tests by their xdist group
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in CORE_MODULES:
@@ -52,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
         schedule_for_workers(items)
 
 
-# -- how pytest-xdist workers share the suite (README's command: -n 2) ---------------------
+# -- how pytest-xdist workers share the suite (README's command: -n 2 --dist loadgroup) ------
 #: Costliest first: a worker that draws a long test late would run alone at the end.
 TIER_ORDER = ("e2e", "integration", "unit")
 
@@ -85,8 +86,10 @@ def schedule_for_workers(items) -> None:
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
-    """Schedule by xdist groups (above), in the order given: xdist's loadgroup, without
-    its reordering of groups by their number of tests."""
+    """README's `--dist loadgroup`: xdist's, by the groups above, in the order given
+    (without its reordering of groups by their number of tests)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None  # xdist's own scheduler for any other --dist
     from xdist.scheduler import LoadGroupScheduling
 
     config.option.loadscopereorder = False

@@ -134,7 +134,7 @@ def test_raydp_mode_without_raydp_names_the_extra(tmp_path):
     assert "pip install 'hybrid-infer[raydp]'" in done.stdout
 
 
-TEST_COMMAND = "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs -n 2"
+TEST_COMMAND = "bash scripts/install.sh && .venv/bin/python -m pytest -q -rs -n 2 --dist loadgroup"
 
 
 @pytest.mark.parametrize("command", ["bash scripts/install.sh && .venv/bin/hybrid-infer demo",
@@ -157,7 +157,7 @@ def test_spark_4_is_the_default_lane_and_spark_35_installs_beside_it():
     with open(os.path.join(ROOT, "README.md")) as handle:
         readme = handle.read()
     assert ("bash scripts/install.sh spark35 && .venv-spark35/bin/python -m pytest -q -rs "
-            "-m core -n 2" in readme)
+            "-m core -n 2 --dist loadgroup" in readme)
     assert "| `spark4` (default) | `bash scripts/install.sh` | `.venv/` |" in readme
 
 
