@@ -441,6 +441,18 @@ def test_embedded_ray_and_spark_listen_on_loopback_only():
     figures("listeners", sockets=len(sockets), processes=sorted(names))
 
 
+def test_a_local_spark_the_engine_starts_compiles_with_c1_only(spark):
+    """runtime.EMBEDDED_JVM_OPTIONS reach the JVM itself (the session fixture is the
+    engine's start_spark("local[2]")), after the Java 17 options."""
+    from hybrid_infer.runtime import EMBEDDED_JVM_OPTIONS
+
+    bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    arguments = list(bean.getInputArguments())
+    assert EMBEDDED_JVM_OPTIONS in arguments, arguments
+    assert arguments.index(EMBEDDED_JVM_OPTIONS) > arguments.index(
+        "--add-opens=java.base/java.lang=ALL-UNNAMED")
+
+
 def test_pool_actors_live_in_the_project_namespace(small_pool):
     from ray.util import list_named_actors
 
