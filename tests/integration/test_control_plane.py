@@ -264,7 +264,7 @@ def test_ray_head_death_mid_job_fails_the_driver_with_a_clear_error(tmp_path):
 
 
 # -- 3. the soak: random kills of actors and managers, bad rows mixed in ---------------------
-SOAK_ROWS, SOAK_BAD_EVERY = 600, 20
+SOAK_ROWS, SOAK_BAD_EVERY = 400, 20
 
 
 def soak_values(seed: int) -> dict:
