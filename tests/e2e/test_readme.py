@@ -75,11 +75,12 @@ SETUPS = {
         _net = _torch.nn.Linear(4, 2)
         _signature = _Signature(inputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 4))]),
                                 outputs=_Schema([_Tensor(_np.dtype(_np.float32), (-1, 2))]))
-        for _ in range(3):
-            with _mlflow.start_run():
-                _mlflow.pytorch.log_model(_net, name="model", registered_model_name="my-model",
-                                          serialization_format="pt2", signature=_signature,
-                                          input_example=_np.zeros((2, 4), _np.float32))
+        with _mlflow.start_run():
+            _logged = _mlflow.pytorch.log_model(
+                _net, name="model", registered_model_name="my-model", serialization_format="pt2",
+                signature=_signature, input_example=_np.zeros((2, 4), _np.float32))
+        for _ in range(2):  # versions 2 and 3: the same model, registered again (no export)
+            _mlflow.register_model(_logged.model_uri, "my-model")
         """), ""),
     # a folder that image files have arrived in (bash), and the stream's output checked
     "incoming": ("mkdir -p incoming && cp images/* incoming/\n",

@@ -5,9 +5,9 @@ Every example of PySpark 3.5's predict_batch_udf docstring runs with both functi
 the same SparkSession and must give the same rows; the same misuse must fail with the
 same message. They run once in the suite, as a user runs them: on a user's own session
 with no settings (tests/e2e/test_user_sessions.py, POOL = None), and through a Spark
-Connect server (tests/e2e/test_spark_connect.py runs this file with pytest). What only
-a pool can show (batch sizes, make_predict_fn once per actor) is
-tests/integration/test_predict_batch_udf.py.
+Connect server, each kind of input and output (tests/e2e/test_spark_connect.py runs
+those cases of this file with pytest). What only a pool can show (batch sizes,
+make_predict_fn once per actor) is tests/integration/test_predict_batch_udf.py.
 """
 
 from __future__ import annotations
