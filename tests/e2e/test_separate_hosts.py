@@ -163,6 +163,19 @@ def start_pool(hosts: Hosts, seed: int, **settings) -> dict:
         "device": "cpu", "num_gpus_per_actor": 0, **settings})
 
 
+@pytest.fixture(scope="module")
+def seed_pool(hosts) -> dict:
+    """The pool most tests use (SEED, an actor on each pool host), started once: behind
+    the firewall open only for PORTS where nft is installed (the first test checks it),
+    on open links where it is not (the firewall tests are then skipped, not the rest)."""
+    if firewall_reason() is None:
+        hosts.firewall(PORTS)
+    pool = start_pool(hosts, SEED)
+    (hosts.manager_host,) = [h for h in ("pool-a", "pool-b")
+                             if hosts.ip[h] == host_of(pool["manager"])]
+    return pool
+
+
 def assert_every_row_once(rows, count: int) -> None:
     paths = [row[0] for row in rows]
     assert len(paths) == count == len(set(paths)), "rows lost or duplicated"
@@ -174,14 +187,12 @@ def host_of(uri: str) -> str:
 
 
 @pytest.mark.skipif(firewall_reason() is not None, reason=str(firewall_reason()))
-def test_through_a_firewall_open_only_for_the_port_range_a_job_uses_both_hosts(hosts):
-    hosts.firewall(PORTS)
-    pool = start_pool(hosts, SEED)
+def test_through_a_firewall_open_only_for_the_port_range_a_job_uses_both_hosts(hosts,
+                                                                               seed_pool):
+    pool = seed_pool
     ips = {hosts.ip["pool-a"], hosts.ip["pool-b"]}
     assert {host_of(uri) for uri in pool["actors"]} == ips  # one actor per pool host
     assert host_of(pool["manager"]) in ips
-    hosts.manager_host = next(h for h in ("pool-a", "pool-b")
-                              if hosts.ip[h] == host_of(pool["manager"]))
     for uri in (pool["manager"], *pool["actors"]):
         assert PORTS[0] <= int(uri.rsplit(":", 1)[1]) <= PORTS[1]
     before = {a["endpoint"]: a["rows"] for a in hosts.pool.call("actors", seed=SEED)["actors"]}
@@ -196,7 +207,7 @@ def test_through_a_firewall_open_only_for_the_port_range_a_job_uses_both_hosts(h
 
 
 @pytest.mark.skipif(firewall_reason() is not None, reason=str(firewall_reason()))
-def test_with_the_port_range_closed_a_job_fails_within_seconds_naming_the_setting(hosts):
+def test_with_the_port_range_closed_a_job_fails_within_seconds_naming_the_setting(hosts, seed_pool):
     hosts.firewall(None)
     try:
         started = time.perf_counter()
@@ -247,12 +258,12 @@ def job_with_links_cut(hosts: Hosts, cut: list[str], count: int, name: str,
             hosts.topology.link(host, up=True)
 
 
-def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts):
+def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts, seed_pool):
     """The pool host without the manager (an actor's) loses its link mid-job: every row
     comes back once, through the other host's actor; with the link back, the next job
     uses both hosts."""
     count = 80
-    cut = "pool-b" if getattr(hosts, "manager_host", "pool-a") == "pool-a" else "pool-a"
+    cut = "pool-b" if hosts.manager_host == "pool-a" else "pool-a"
     answer, after_cut_s = job_with_links_cut(hosts, [cut], count, "cut")
     assert not isinstance(answer, Exception), answer
     rows = json.loads((hosts.work / "cut.json").read_text())
@@ -285,9 +296,9 @@ def test_a_pool_host_losing_its_link_mid_job_loses_no_row_and_comes_back(hosts):
             replaced_actors=hosts.pool.call("actors", seed=SEED)["replaced"])
 
 
-def test_the_managers_host_cut_mid_job_the_job_goes_on_with_the_other_hosts_actor(hosts):
+def test_the_managers_host_cut_mid_job_the_job_goes_on_with_the_other_hosts_actor(hosts, seed_pool):
     count = 60
-    cut = getattr(hosts, "manager_host", "pool-a")
+    cut = hosts.manager_host
     answer, after_cut_s = job_with_links_cut(hosts, [cut], count, "manager-cut")
     assert not isinstance(answer, Exception), answer
     assert_every_row_once(json.loads((hosts.work / "manager-cut.json").read_text()), count)
@@ -295,7 +306,7 @@ def test_the_managers_host_cut_mid_job_the_job_goes_on_with_the_other_hosts_acto
             finished_after_cut_s=round(after_cut_s, 1), rows=count)
 
 
-def test_job_time_on_two_pool_hosts_against_one(hosts):
+def test_job_time_on_two_pool_hosts_against_one(hosts, seed_pool):
     """A figure, not a speed claim: every "host" shares this machine's CPUs."""
     count = 120
     two, rows = hosts.job(count, "two-hosts-warm", resize=160)
@@ -309,7 +320,7 @@ def test_job_time_on_two_pool_hosts_against_one(hosts):
             one_host_s=one["seconds"])
 
 
-def test_with_every_pool_host_cut_the_job_fails_clearly(hosts):
+def test_with_every_pool_host_cut_the_job_fails_clearly(hosts, seed_pool):
     answer, after_cut_s = job_with_links_cut(hosts, ["pool-a", "pool-b"], 60, "all-cut")
     assert isinstance(answer, RuntimeError), answer
     text = str(answer)
@@ -321,7 +332,7 @@ def test_with_every_pool_host_cut_the_job_fails_clearly(hosts):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make certificates")
-def test_tls_across_hosts(hosts):
+def test_tls_across_hosts(hosts, seed_pool):
     """A certificate naming both pool hosts' addresses: a job succeeds; a client that
     verifies against another certificate, or speaks plain text, is refused."""
     hosts.pool.call("stop", seed=SEED)  # its CPUs: one per pool host
