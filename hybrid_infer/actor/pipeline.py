@@ -4,12 +4,13 @@ Rows of every request (one Arrow batch each) are decoded in parallel by decode t
 (PIL releases the GIL), queued, and re-batched by the model threads, whatever the Arrow
 batch sizes. Rows are decoded by their request's order (batching.request_order): the
 oldest stream's first, so Spark's tasks finish one after another rather than together.
-There are `streams` model threads: each computes batch_size / streams rows at a time,
-so the actor computes batch_size rows at once however they are split. On a CPU, several single-threaded streams beat one batch over several intra-op threads (no
-synchronisation between the threads at every layer; measured 1.2-1.6x for ResNets on 2
-cores). Decoding runs ahead of the model by a bounded number of rows, so the next rows
-are ready while the current ones compute and memory stays bounded. Each row's logits or
-error go back to the request it came from.
+There are `streams` model threads: each computes batch_size / streams rows at a time, so
+the actor computes batch_size rows at once however they are split. On a CPU, several
+single-threaded streams beat one batch over several intra-op threads (no synchronisation
+between the threads at every layer; measured 1.2-1.6x for ResNets on 2 cores). Decoding
+runs ahead of the model by a bounded number of rows, so the next rows are ready while
+the current ones compute and memory stays bounded. Each row's logits or error go back to
+the request it came from.
 """
 
 from __future__ import annotations
