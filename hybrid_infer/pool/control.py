@@ -30,7 +30,7 @@ LOAD_PERIOD_S = 2.0
 #: how long a sampled actor may take to answer before it counts as silent (busy)
 SAMPLE_TIMEOUT_S = 30.0
 #: how long a retired actor keeps serving: clients learn the new actor list when they
-#: renew their lease (every 10 s); a batch sent to it later is resent elsewhere
+#: renew their lease (every 5 s); a batch sent to it later is resent elsewhere
 DRAIN_S = 12.0
 
 

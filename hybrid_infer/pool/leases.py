@@ -23,7 +23,7 @@ from typing import Callable
 
 from hybrid_infer.errors import ConfigurationError
 
-#: The longest a lease may last unless renewed (tasks renew every third of 30 s).
+#: The longest a lease may last unless renewed (tasks renew every third of 15 s).
 MAX_LEASE_TTL_S = 24 * 3600.0
 #: The most leases held at once: a task holds one while it maps, a plan one.
 MAX_LEASES = 10_000

@@ -147,7 +147,7 @@ class ConnectionGate:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(asyncio.start_server(
             self._serve, sock=self._listener, limit=_CHUNK, backlog=ACCEPT_BURST))
-        self._loop.create_task(self._reap_idle())
+        self._reaper = self._loop.create_task(self._reap_idle())
         started.set()
         self._loop.run_forever()
 
@@ -206,6 +206,7 @@ class ConnectionGate:
     def close(self) -> None:
         def stop():
             self._server.close()
+            self._reaper.cancel()  # not left pending when the loop stops
             for task in list(self._connections):
                 task.cancel()
             self._loop.call_later(0.1, self._loop.stop)

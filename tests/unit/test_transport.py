@@ -41,15 +41,23 @@ def address(actors, manager="grpc+tcp://127.0.0.1:1", token=TOKEN, cert=None) ->
 
 
 class Manager:
-    """A real Flight server answering "endpoints" with the list the test sets."""
+    """A real Flight server answering "endpoints" with the list the test sets; with
+    `leases`, "lease" too (keeping each request: its answer lists the actors, which a
+    client then uses)."""
 
-    def __init__(self, actors):
+    def __init__(self, actors, leases: bool = False):
         self.actors = list(actors)
         self.calls = 0
-        self.server = FlightService(None, token=TOKEN, actions={"endpoints": self._endpoints})
+        self.leases: list[dict] = []
+        actions = {"endpoints": self._endpoints, **({"lease": self._lease} if leases else {})}
+        self.server = FlightService(None, token=TOKEN, actions=actions)
 
     def _endpoints(self, body: bytes) -> bytes:
         self.calls += 1
+        return json.dumps({"actors": self.actors}).encode()
+
+    def _lease(self, body: bytes) -> bytes:
+        self.leases.append(json.loads(body))
         return json.dumps({"actors": self.actors}).encode()
 
 
@@ -152,6 +160,23 @@ def test_a_dead_manager_fails_nothing_while_live_actors_remain(servers):
     finally:
         doomed.kill()
         doomed.wait()
+
+
+def test_a_client_that_ends_has_released_its_lease(servers):
+    """A failed Spark task's Python worker exits right after its error: a release left to
+    a background thread never reached the manager, and the pool looked busy to pools
+    that needed its room for the lease's whole time to live."""
+    server, _ = servers(0.01)
+    manager = Manager([server.uri], leases=True)
+    try:
+        client = PoolClient(address([server.uri], manager.server.uri), header())
+        with pytest.raises(KeyError):  # the served code's error ends the task
+            list(client.map(batches(3) + [pa.RecordBatch.from_arrays(
+                [pa.array([-1], pa.int64())], names=["x"])]))
+        assert manager.leases and manager.leases[-1].get("release") is True, manager.leases
+        assert len({lease["id"] for lease in manager.leases}) == 1
+    finally:
+        manager.server.shutdown()
 
 
 def test_a_server_adopted_by_a_new_manager_accepts_both_managers_tokens(servers):
