@@ -27,8 +27,11 @@ from the pool.
   actors (scaled to zero while idle, or before this plan ran) is scaled back up by the
   manager when the client asks it for endpoints.
 - A dead manager fails nothing while live actors remain (the client talks to them
-  directly); with no live actor and no manager, the job fails with a PoolError
-  within about `connect_timeout_s`.
+  directly). With no live actor and no manager, the actors this client gave up are
+  pinged once more, each once: on a loaded host an actor can miss one ping and still
+  serve (the others' streams), and with the manager's host down it is all that is left.
+  When none answers, the job fails with a PoolError within about twice
+  `connect_timeout_s`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ log = logging.getLogger(__name__)
 _END = object()
 #: A stream holding batches that hears nothing for this long counts as lost (servers
 #: send a heartbeat every second; 4 s, then connect_timeout_s (4 s) asking the
-#: manager, lets a job with no live actor fail within 10 s of losing its last link).
+#: manager, then again asking the actors, lets a job with no live actor fail within about
+#: 14 s of losing its last link).
 STALL_S = 4.0
 #: How long a pool server may take to answer a first ping before it counts as gone.
 CONNECT_TIMEOUT_S = 4.0
@@ -273,6 +277,7 @@ class PoolClient:
         self._endpoints: list[str] = list(address.actors)
         self._streams: dict[str, _Stream] = {}
         self._dead: set[str] = set()
+        self._pinged_again: set[str] = set()  # given up, then pinged once more (_revive)
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="pool-refresh")
         self._refreshing: Future | None = None
         self._lease = LeaseKeeper(self._lease_action, address.pool_name,
@@ -430,7 +435,40 @@ class PoolClient:
 
     def _refresh_now(self) -> None:
         refreshing, self._refreshing = self._refreshing, None
-        self._use(refreshing.result() if refreshing is not None else self._fetch_endpoints())
+        try:
+            endpoints = refreshing.result() if refreshing is not None else self._fetch_endpoints()
+        except PoolError:
+            if not self._revive():
+                raise
+            return
+        self._use(endpoints)
+
+    def _revive(self) -> bool:
+        """With no live actor and no manager: ping the actors given up once more (each
+        once per client, together); True when one answered (it is used again)."""
+        again = [uri for uri in self._endpoints
+                 if uri in self._dead and uri not in self._pinged_again]
+        if not again:
+            return False
+        self._pinged_again.update(again)
+        with ThreadPoolExecutor(len(again), thread_name_prefix="pool-ping") as pinging:
+            answered = [uri for uri, ok in zip(again, pinging.map(self._answers, again)) if ok]
+        if answered:
+            log.warning("pool %s: its manager does not answer; %d actor(s) given up answer a "
+                        "ping again and are used again: %s", self._address.pool_name,
+                        len(answered), ", ".join(answered))
+            self._dead -= set(answered)
+        return bool(answered)
+
+    def _answers(self, uri: str) -> bool:
+        client = connect(uri, self._address)
+        try:
+            _ping(client, uri, self._address, self._connect_timeout_s)
+            return True
+        except (PoolError, _Unreachable):
+            return False
+        finally:
+            client.close()
 
     def _lease_answered(self, answer: dict) -> None:
         """(The lease thread.) Remember the pool's actor list for the sending thread."""

@@ -179,6 +179,33 @@ def test_a_client_that_ends_has_released_its_lease(servers):
         manager.server.shutdown()
 
 
+def test_an_actor_that_missed_a_ping_is_pinged_again_when_the_manager_is_down(servers):
+    """A loaded host's actor can miss one ping (4 s) while serving other tasks: with the
+    manager's host down it is the only actor left, so it is asked once more."""
+    pings = []
+
+    def slow_first_ping(body: bytes) -> bytes:
+        pings.append(time.monotonic())
+        if len(pings) == 1:
+            time.sleep(1.5)  # past the client's connect timeout
+        return b"ok"
+
+    server, handler = servers(0.0, actions={"ping": slow_first_ping})
+    dead_manager = "grpc+tcp://127.0.0.1:9"  # discard port: nothing listens
+    client = PoolClient(address([server.uri], dead_manager), header(), connect_timeout_s=0.5)
+    got = pa.Table.from_batches(list(client.map(batches(4))))
+    assert got.column("x").to_pylist() == list(range(12)) and handler.batches == 4
+    assert len(pings) >= 2
+
+
+def test_with_every_actor_and_the_manager_gone_the_job_fails_after_one_more_ping():
+    client = PoolClient(address(["grpc+tcp://127.0.0.1:9"], "grpc+tcp://127.0.0.1:9"),
+                        header(), connect_timeout_s=0.5)
+    with pytest.raises(PoolError, match="do not answer"):
+        list(client.map(batches(2)))
+    assert client._pinged_again == {"grpc+tcp://127.0.0.1:9"}
+
+
 def test_a_server_adopted_by_a_new_manager_accepts_both_managers_tokens(servers):
     server, handler = servers(0.01)
     old = PoolClient(address([server.uri]), header())
