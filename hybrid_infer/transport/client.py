@@ -27,11 +27,11 @@ from the pool.
   actors (scaled to zero while idle, or before this plan ran) is scaled back up by the
   manager when the client asks it for endpoints.
 - A dead manager fails nothing while live actors remain (the client talks to them
-  directly). With no live actor and no manager, the actors this client gave up are
-  pinged once more, each once: on a loaded host an actor can miss one ping and still
-  serve (the others' streams), and with the manager's host down it is all that is left.
-  When none answers, the job fails with a PoolError within about twice
-  `connect_timeout_s`.
+  directly). With no live actor and no manager, an actor given up because it missed
+  the first ping of a stream is pinged once more: on a loaded host an actor can miss
+  one ping while it serves other tasks, and with the manager's host down it is all that
+  is left (one that fell silent holding batches is not: its link is down). When none
+  answers, the job fails with a PoolError within about `connect_timeout_s`.
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ log = logging.getLogger(__name__)
 _END = object()
 #: A stream holding batches that hears nothing for this long counts as lost (servers
 #: send a heartbeat every second; 4 s, then connect_timeout_s (4 s) asking the
-#: manager, then again asking the actors, lets a job with no live actor fail within about
-#: 14 s of losing its last link).
+#: manager, lets a job with no live actor fail within 10 s of losing its last link).
 STALL_S = 4.0
 #: How long a pool server may take to answer a first ping before it counts as gone.
 CONNECT_TIMEOUT_S = 4.0
@@ -277,7 +276,7 @@ class PoolClient:
         self._endpoints: list[str] = list(address.actors)
         self._streams: dict[str, _Stream] = {}
         self._dead: set[str] = set()
-        self._pinged_again: set[str] = set()  # given up, then pinged once more (_revive)
+        self._missed_ping: set[str] = set()  # given up after a ping got no answer (_revive)
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="pool-refresh")
         self._refreshing: Future | None = None
         self._lease = LeaseKeeper(self._lease_action, address.pool_name,
@@ -389,6 +388,8 @@ class PoolClient:
     def _lose(self, uri: str, cause) -> None:
         """Stop using `uri`; resend what it had not answered; refresh the endpoints."""
         self._dead.add(uri)
+        if isinstance(cause, _Unreachable):  # its first ping: slow, or gone (_revive)
+            self._missed_ping.add(uri)
         stream = self._streams.pop(uri, None)
         unanswered = list(stream.pending) if stream else []
         if stream:
@@ -444,13 +445,13 @@ class PoolClient:
         self._use(endpoints)
 
     def _revive(self) -> bool:
-        """With no live actor and no manager: ping the actors given up once more (each
-        once per client, together); True when one answered (it is used again)."""
-        again = [uri for uri in self._endpoints
-                 if uri in self._dead and uri not in self._pinged_again]
+        """With no live actor and no manager: ping the actors given up after a missed
+        ping once more (each once per client, together); True when one answered (it is
+        used again)."""
+        again = [uri for uri in self._endpoints if uri in self._dead and uri in self._missed_ping]
         if not again:
             return False
-        self._pinged_again.update(again)
+        self._missed_ping.difference_update(again)
         with ThreadPoolExecutor(len(again), thread_name_prefix="pool-ping") as pinging:
             answered = [uri for uri, ok in zip(again, pinging.map(self._answers, again)) if ok]
         if answered:
