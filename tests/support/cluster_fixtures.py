@@ -118,7 +118,7 @@ class SparkStandalone:
     def alive_workers(self) -> list[dict]:
         try:
             return [w for w in self.state()["workers"] if w["state"] == "ALIVE"]
-        except OSError:
+        except (OSError, ValueError):  # not up yet (its UI may serve HTML at /json first)
             return []
 
 
