@@ -52,8 +52,9 @@ JAVA17_OPTIONS_STR = " ".join(JAVA17_OPTIONS)
 #: The JVM of a local Spark the engine starts itself compiles with C1 only. Its share of
 #: a job is reading files and passing Arrow batches to Python, which the model outpaces
 #: whatever the compiler; C2's background compiles cost a short job (a 4-image CLI run)
-#: a third of its JVM's CPU (20-22 CPU-seconds with C2, 14 with C1). Clusters and a user's own session keep their JVM's
-#: settings; `-XX:TieredStopAtLevel=4` in spark_conf's extraJavaOptions restores C2.
+#: a third of its JVM's CPU (20-22 CPU-seconds with C2, 14 with C1). Clusters and a
+#: user's own session keep their JVM's settings; `-XX:TieredStopAtLevel=4` in
+#: spark_conf's extraJavaOptions restores C2.
 EMBEDDED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 

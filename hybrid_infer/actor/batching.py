@@ -193,8 +193,8 @@ class ActorPipeline(ABC):
     sequence of values (an Arrow array or a list), `decode` the request's decoder
     (decode.TableImageDecoder or ArrayDecoder), `stream_started` the time.monotonic()
     its stream began (None: now), which ranks its rows (request_order). Subclasses start
-    the rows' work in `_submit` and answer every row of the RowRequest, from any thread. After an unrecoverable device error (`health`),
-    `run` refuses work.
+    the rows' work in `_submit` and answer every row of the RowRequest, from any thread.
+    After an unrecoverable device error (`health`), `run` refuses work.
     """
 
     def __init__(self, stats: PipelineStats | None = None, health: DeviceHealth | None = None):

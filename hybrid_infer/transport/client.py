@@ -462,14 +462,11 @@ class PoolClient:
         return bool(answered)
 
     def _answers(self, uri: str) -> bool:
-        client = connect(uri, self._address)
         try:
-            _ping(client, uri, self._address, self._connect_timeout_s)
+            action(self._address, uri, "ping", timeout_s=self._connect_timeout_s)
             return True
-        except (PoolError, _Unreachable):
+        except (PoolError, _Unreachable, flight.FlightError, OSError):
             return False
-        finally:
-            client.close()
 
     def _lease_answered(self, answer: dict) -> None:
         """(The lease thread.) Remember the pool's actor list for the sending thread."""
